@@ -1,0 +1,243 @@
+"""Typed settings, loaded once: flags, then `HERDER_*` variables, then defaults.
+
+`Settings.load(flags, environ)` takes the environment as an argument so tests
+inject theirs. A bad value raises `SettingsError` naming the setting and the
+value in one line; the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import SettingsError
+
+DEFAULT_IMAGES: dict[str, str] = {
+    "python": "herder/python:bookworm",
+    "node": "herder/node:bookworm",
+    "ruby": "herder/ruby:bookworm",
+    "latex": "herder/latex:bookworm",
+}
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_int(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _parse_float(raw: str) -> float:
+    value = float(raw.strip())
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _parse_str(raw: str) -> str:
+    return raw
+
+
+def _parse_images(raw: str) -> dict[str, str]:
+    """`{"python": "img"}` as JSON, or `python=img,node=img2`."""
+    raw = raw.strip()
+    if raw.startswith("{"):
+        value = json.loads(raw)
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ValueError("expected a JSON object of env name to image")
+        images = dict(value)
+    else:
+        images = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            name, sep, image = part.partition("=")
+            if not sep or not name.strip() or not image.strip():
+                raise ValueError("expected env=image pairs separated by commas")
+            images[name.strip()] = image.strip()
+    if not images:
+        raise ValueError("no environments given")
+    for name in images:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
+            raise ValueError(f"bad environment name {name!r}")
+    return images
+
+
+@dataclass(frozen=True)
+class _Spec:
+    parse: Callable[[str], Any]
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    secret: bool = False
+
+
+def _setting(default: Any, parse: Callable[[str], Any], help: str, **kw: Any) -> Any:
+    spec = _Spec(parse=parse, help=help, **kw)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"spec": spec})
+    return field(default=default, metadata={"spec": spec, "secret": kw.get("secret", False)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the herder. Each is a flag `--name` and `HERDER_NAME`."""
+
+    data_dir: Path = _setting(Path(".herder"), lambda s: Path(s), "data directory (keys, SQLite, instance id)")
+    database_url: str = _setting("", _parse_str, "SQLAlchemy async URL; default SQLite in the data dir", secret=True)
+    docker_url: str = _setting("", _parse_str, "Docker Engine URL; default DOCKER_HOST, else the local socket")
+    host: str = _setting("0.0.0.0", _parse_str, "address `serve` listens on")
+    port: int = _setting(8080, _parse_int, "port `serve` listens on", minimum=0, maximum=65535)
+    public_url: str = _setting("", _parse_str, "how containers and browsers reach the herder; default http://localhost:PORT")
+    webstrates_url: str = _setting("http://localhost:7007", _parse_str, "the Webstrates server golems open pages on")
+    token_password: str = _setting("", _parse_str, "password for /token/v1/generate; empty: the route answers 405", secret=True)
+    token_issuer: str = _setting("herder", _parse_str, "the `iss` claim of tokens")
+    token_max_credits: int = _setting(10**12, _parse_int, "largest `crd` a token may carry", minimum=0)
+    default_credits: int = _setting(30000, _parse_int, "credits of a new token when none are given", minimum=0)
+    credit_rate: int = _setting(1, _parse_int, "credits charged per second of work", minimum=0, maximum=10**6)
+    minion_timeout: float = _setting(30.0, _parse_float, "seconds a minion may run", minimum=0.1, maximum=3600)
+    minion_memory_mb: int = _setting(256, _parse_int, "memory limit of a minion (MiB, no extra swap)", minimum=16)
+    minion_cpus: float = _setting(1.0, _parse_float, "CPUs a minion may use", minimum=0.01)
+    minion_pids: int = _setting(128, _parse_int, "process limit of a minion", minimum=8)
+    minion_network: bool = _setting(False, _parse_bool, "give minions a network")
+    minion_output_limit: int = _setting(1 << 20, _parse_int, "bytes kept per output stream of a minion", minimum=1024)
+    max_body_bytes: int = _setting(8 << 20, _parse_int, "largest request body accepted", minimum=1024)
+    images: dict[str, str] = _setting(DEFAULT_IMAGES, _parse_images, "env-to-image map: JSON or env=image,...")
+    daemon_memory_mb: int = _setting(512, _parse_int, "memory limit of a daemon (MiB)", minimum=16)
+    daemon_cpus: float = _setting(1.0, _parse_float, "CPUs a daemon may use", minimum=0.01)
+    daemon_pids: int = _setting(256, _parse_int, "process limit of a daemon", minimum=8)
+    daemon_bind_address: str = _setting("0.0.0.0", _parse_str, "host address daemon ports are published on")
+    metering_interval: float = _setting(1.0, _parse_float, "seconds between metering ticks", minimum=0.05, maximum=60)
+    metering_grace: float = _setting(30.0, _parse_float, "seconds charges may fail before daemons are stopped", minimum=1)
+    proxy_require_token: bool = _setting(False, _parse_bool, "the daemon proxy needs the owner's token")
+    golem_image: str = _setting("herder/golem:bookworm", _parse_str, "image of golems")
+    golem_cap: int = _setting(10, _parse_int, "most golems running at once", minimum=0)
+    golem_require_token: bool = _setting(False, _parse_bool, "golem spawns need a token and are metered")
+    golem_wait: float = _setting(20.0, _parse_float, "seconds an ad-hoc minion waits for its golem", minimum=0.1)
+    log_format: str = _setting("text", _parse_str, "text or json")
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["spec"].secret and value:
+                value = "***"
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "herder.db"
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def help_for(cls, name: str) -> str:
+        spec: _Spec = {f.name: f for f in dataclasses.fields(cls)}[name].metadata["spec"]
+        return spec.help
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        check_data_dir: bool = True,
+    ) -> Settings:
+        """Build settings from flags (highest), `HERDER_*` variables, defaults."""
+        flags = flags or {}
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            spec: _Spec = f.metadata["spec"]
+            env_name = "HERDER_" + f.name.upper()
+            raw: Any = flags.get(f.name)
+            source = "--" + f.name.replace("_", "-")
+            if raw is None and env_name in environ:
+                raw, source = environ[env_name], env_name
+            if raw is None:
+                continue
+            if not isinstance(raw, str):
+                values[f.name] = raw
+                continue
+            try:
+                value = spec.parse(raw)
+            except (ValueError, json.JSONDecodeError) as exc:
+                shown = "***" if spec.secret else raw
+                raise SettingsError(f"{source}: bad value {shown!r}: {exc}") from None
+            if spec.minimum is not None and value < spec.minimum:
+                raise SettingsError(f"{source}: {raw!r} is below the minimum {spec.minimum:g}")
+            if spec.maximum is not None and value > spec.maximum:
+                raise SettingsError(f"{source}: {raw!r} is above the maximum {spec.maximum:g}")
+            values[f.name] = value
+        settings = cls(**values)
+        return settings._completed(environ, check_data_dir=check_data_dir)
+
+    def _completed(self, environ: Mapping[str, str], *, check_data_dir: bool) -> Settings:
+        changes: dict[str, Any] = {}
+        data_dir = self.data_dir.expanduser()
+        if check_data_dir:
+            try:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                probe = data_dir / ".write-probe"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as exc:
+                raise SettingsError(
+                    f"HERDER_DATA_DIR: cannot use {str(data_dir)!r}: {exc.strerror or exc}"
+                ) from None
+        changes["data_dir"] = data_dir.resolve() if check_data_dir else data_dir
+        if not self.database_url:
+            changes["database_url"] = f"sqlite+aiosqlite:///{changes['data_dir'] / 'herder.db'}"
+        else:
+            _check_database_url(self.database_url)
+        if not self.docker_url:
+            changes["docker_url"] = environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        elif not re.match(r"^(unix|tcp|http|https)://", self.docker_url):
+            raise SettingsError(
+                f"HERDER_DOCKER_URL: bad value {self.docker_url!r}: expected unix://, tcp:// or http(s)://"
+            )
+        if not self.public_url:
+            changes["public_url"] = f"http://localhost:{self.port}"
+        for name in ("public_url", "webstrates_url"):
+            url = changes.get(name, getattr(self, name))
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise SettingsError(f"HERDER_{name.upper()}: bad value {url!r}: expected an http(s) URL")
+            changes[name] = url.rstrip("/")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"HERDER_LOG_FORMAT: bad value {self.log_format!r}: expected text or json")
+        return dataclasses.replace(self, **changes)
+
+
+def _check_database_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SettingsError(
+            "HERDER_DATABASE_URL: malformed database URL (expected e.g. "
+            "sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db)"
+        ) from None
+    if parsed.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise SettingsError(
+            f"HERDER_DATABASE_URL: unsupported driver {parsed.drivername!r} "
+            "(use sqlite+aiosqlite or postgresql+asyncpg)"
+        )
