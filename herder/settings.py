@@ -96,37 +96,79 @@ def _setting(default: Any, parse: Callable[[str], Any], help: str, **kw: Any) ->
 class Settings:
     """Every setting of the herder. Each is a flag `--name` and `HERDER_NAME`."""
 
-    data_dir: Path = _setting(Path(".herder"), lambda s: Path(s), "data directory (keys, SQLite, instance id)")
-    database_url: str = _setting("", _parse_str, "SQLAlchemy async URL; default SQLite in the data dir", secret=True)
-    docker_url: str = _setting("", _parse_str, "Docker Engine URL; default DOCKER_HOST, else the local socket")
+    data_dir: Path = _setting(
+        Path(".herder"), lambda s: Path(s), "data directory (keys, SQLite, instance id)"
+    )
+    database_url: str = _setting(
+        "", _parse_str, "SQLAlchemy async URL; default SQLite in the data dir", secret=True
+    )
+    docker_url: str = _setting(
+        "", _parse_str, "Docker Engine URL; default DOCKER_HOST, else the local socket"
+    )
     host: str = _setting("0.0.0.0", _parse_str, "address `serve` listens on")
     port: int = _setting(8080, _parse_int, "port `serve` listens on", minimum=0, maximum=65535)
-    public_url: str = _setting("", _parse_str, "how containers and browsers reach the herder; default http://localhost:PORT")
-    webstrates_url: str = _setting("http://localhost:7007", _parse_str, "the Webstrates server golems open pages on")
-    token_password: str = _setting("", _parse_str, "password for /token/v1/generate; empty: the route answers 405", secret=True)
+    public_url: str = _setting(
+        "",
+        _parse_str,
+        "how containers and browsers reach the herder; default http://localhost:PORT",
+    )
+    webstrates_url: str = _setting(
+        "http://localhost:7007", _parse_str, "the Webstrates server golems open pages on"
+    )
+    token_password: str = _setting(
+        "", _parse_str, "password for /token/v1/generate; empty: the route answers 405", secret=True
+    )
     token_issuer: str = _setting("herder", _parse_str, "the `iss` claim of tokens")
-    token_max_credits: int = _setting(10**12, _parse_int, "largest `crd` a token may carry", minimum=0)
-    default_credits: int = _setting(30000, _parse_int, "credits of a new token when none are given", minimum=0)
-    credit_rate: int = _setting(1, _parse_int, "credits charged per second of work", minimum=0, maximum=10**6)
-    minion_timeout: float = _setting(30.0, _parse_float, "seconds a minion may run", minimum=0.1, maximum=3600)
-    minion_memory_mb: int = _setting(256, _parse_int, "memory limit of a minion (MiB, no extra swap)", minimum=16)
+    token_max_credits: int = _setting(
+        10**12, _parse_int, "largest `crd` a token may carry", minimum=0
+    )
+    default_credits: int = _setting(
+        30000, _parse_int, "credits of a new token when none are given", minimum=0
+    )
+    credit_rate: int = _setting(
+        1, _parse_int, "credits charged per second of work", minimum=0, maximum=10**6
+    )
+    minion_timeout: float = _setting(
+        30.0, _parse_float, "seconds a minion may run", minimum=0.1, maximum=3600
+    )
+    minion_memory_mb: int = _setting(
+        256, _parse_int, "memory limit of a minion (MiB, no extra swap)", minimum=16
+    )
     minion_cpus: float = _setting(1.0, _parse_float, "CPUs a minion may use", minimum=0.01)
     minion_pids: int = _setting(128, _parse_int, "process limit of a minion", minimum=8)
     minion_network: bool = _setting(False, _parse_bool, "give minions a network")
-    minion_output_limit: int = _setting(1 << 20, _parse_int, "bytes kept per output stream of a minion", minimum=1024)
-    max_body_bytes: int = _setting(8 << 20, _parse_int, "largest request body accepted", minimum=1024)
-    images: dict[str, str] = _setting(DEFAULT_IMAGES, _parse_images, "env-to-image map: JSON or env=image,...")
+    minion_output_limit: int = _setting(
+        1 << 20, _parse_int, "bytes kept per output stream of a minion", minimum=1024
+    )
+    max_body_bytes: int = _setting(
+        8 << 20, _parse_int, "largest request body accepted", minimum=1024
+    )
+    images: dict[str, str] = _setting(
+        DEFAULT_IMAGES, _parse_images, "env-to-image map: JSON or env=image,..."
+    )
     daemon_memory_mb: int = _setting(512, _parse_int, "memory limit of a daemon (MiB)", minimum=16)
     daemon_cpus: float = _setting(1.0, _parse_float, "CPUs a daemon may use", minimum=0.01)
     daemon_pids: int = _setting(256, _parse_int, "process limit of a daemon", minimum=8)
-    daemon_bind_address: str = _setting("0.0.0.0", _parse_str, "host address daemon ports are published on")
-    metering_interval: float = _setting(1.0, _parse_float, "seconds between metering ticks", minimum=0.05, maximum=60)
-    metering_grace: float = _setting(30.0, _parse_float, "seconds charges may fail before daemons are stopped", minimum=1)
-    proxy_require_token: bool = _setting(False, _parse_bool, "the daemon proxy needs the owner's token")
+    daemon_bind_address: str = _setting(
+        "0.0.0.0", _parse_str, "host address daemon ports are published on"
+    )
+    metering_interval: float = _setting(
+        1.0, _parse_float, "seconds between metering ticks", minimum=0.05, maximum=60
+    )
+    metering_grace: float = _setting(
+        30.0, _parse_float, "seconds charges may fail before daemons are stopped", minimum=1
+    )
+    proxy_require_token: bool = _setting(
+        False, _parse_bool, "the daemon proxy needs the owner's token"
+    )
     golem_image: str = _setting("herder/golem:bookworm", _parse_str, "image of golems")
     golem_cap: int = _setting(10, _parse_int, "most golems running at once", minimum=0)
-    golem_require_token: bool = _setting(False, _parse_bool, "golem spawns need a token and are metered")
-    golem_wait: float = _setting(20.0, _parse_float, "seconds an ad-hoc minion waits for its golem", minimum=0.1)
+    golem_require_token: bool = _setting(
+        False, _parse_bool, "golem spawns need a token and are metered"
+    )
+    golem_wait: float = _setting(
+        20.0, _parse_float, "seconds an ad-hoc minion waits for its golem", minimum=0.1
+    )
     log_format: str = _setting("text", _parse_str, "text or json")
 
     def __repr__(self) -> str:
@@ -218,10 +260,14 @@ class Settings:
             url = changes.get(name, getattr(self, name))
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise SettingsError(f"HERDER_{name.upper()}: bad value {url!r}: expected an http(s) URL")
+                raise SettingsError(
+                    f"HERDER_{name.upper()}: bad value {url!r}: expected an http(s) URL"
+                )
             changes[name] = url.rstrip("/")
         if self.log_format not in ("text", "json"):
-            raise SettingsError(f"HERDER_LOG_FORMAT: bad value {self.log_format!r}: expected text or json")
+            raise SettingsError(
+                f"HERDER_LOG_FORMAT: bad value {self.log_format!r}: expected text or json"
+            )
         return dataclasses.replace(self, **changes)
 
 

@@ -1,0 +1,97 @@
+"""The ledger's tables. Alembic (`migrations/`) owns the schema; these models
+must match the latest migration."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Grant(Base):
+    """Credits a token brought: one row per `jti`, written on the token's first use."""
+
+    __tablename__ = "grants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    jti: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    subject: Mapped[str] = mapped_column(String(320), index=True, nullable=False)
+    credits: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+class Charge(Base):
+    """Credits spent: who, on what work, how many seconds, when."""
+
+    __tablename__ = "charges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(320), index=True, nullable=False)
+    jti: Mapped[str] = mapped_column(String(128), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    workload: Mapped[str] = mapped_column(String(255), nullable=False)
+    seconds: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    credits: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+class Account(Base):
+    """Running totals per subject, updated in the same transaction as every
+    grant and charge, so balance = granted - charged = sum(grants) - sum(charges)."""
+
+    __tablename__ = "accounts"
+    subject: Mapped[str] = mapped_column(String(320), primary_key=True)
+    granted: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    charged: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class Revocation(Base):
+    __tablename__ = "revocations"
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+class Workload(Base):
+    """The registry of workloads the herder started (desired state).
+
+    A row is written as soon as the container exists and closed (`state`
+    'stopped', `stopped_at`) when it is gone. `metered_until` is the epoch
+    second up to which the workload has been charged.
+    """
+
+    __tablename__ = "workloads"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    subject: Mapped[str] = mapped_column(String(320), nullable=False)
+    jti: Mapped[str] = mapped_column(String(128), nullable=False)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    container_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    container_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    image: Mapped[str] = mapped_column(String(512), nullable=False, default="")
+    address: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    ports: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    group_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    metered: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    started_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    metered_until: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stopped_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    charge_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("charges.id", ondelete="SET NULL"), nullable=True
+    )
+
+    __table_args__ = (
+        Index("ix_workloads_running", "instance", "state"),
+        Index("ix_workloads_subject", "subject", "kind", "state"),
+        Index("ix_workloads_container", "instance", "container_name"),
+    )

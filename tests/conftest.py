@@ -1,0 +1,160 @@
+"""Shared fixtures: real settings in a temp data dir, the real app, tokens,
+a real Docker Engine, SQLite and PostgreSQL URLs, and a sweep of every
+container the session's herders created."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import pytest
+from aiohttp.test_utils import TestClient
+
+from herder.app import create_app
+from herder.ledger import Ledger
+from herder.settings import Settings
+from herder.signing import INSTANCE_FILE, load_keypair
+from herder.tokens import TokenService
+
+SESSION = secrets.token_hex(4)
+INSTANCE_PREFIX = f"test-{SESSION}-"
+_counter = itertools.count()
+POSTGRES_URL = os.environ.get(
+    "HERDER_TEST_POSTGRES_URL", "postgresql+asyncpg://herder:herder@127.0.0.1:5432/herder_test"
+)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test herder whose instance id the session sweep knows."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    instance = data_dir / INSTANCE_FILE
+    if not instance.exists():
+        instance.write_text(f"{INSTANCE_PREFIX}{next(_counter)}\n")
+    flags: dict[str, Any] = {"data_dir": str(data_dir), "credit_rate": "1"}
+    flags.update({k: str(v) if not isinstance(v, str) else v for k, v in overrides.items()})
+    return Settings.load(flags, environ={})
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, aiohttp_client: Callable[..., Any]
+) -> AsyncIterator[TestClient[Any, Any]]:
+    app = create_app(settings)
+    yield await aiohttp_client(app)
+
+
+TokenMaker = Callable[..., str]
+
+
+@pytest.fixture
+def make_token(settings: Settings) -> TokenMaker:
+    """Sign tokens with the test herder's own key (as `herder token create` does)."""
+
+    def make(email: str | None = None, credits: int = 1000, ttl_days: float = 1) -> str:
+        keys = load_keypair(settings.data_dir)
+        service = TokenService(keys, settings, ledger=None)  # type: ignore[arg-type]
+        token, _ = service.create(
+            email or f"user-{secrets.token_hex(3)}@example.org", credits, ttl_days
+        )
+        return token
+
+    return make
+
+
+@pytest.fixture
+def token(make_token: TokenMaker) -> str:
+    return make_token()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def docker() -> AsyncIterator[aiodocker.Docker]:
+    """The real Docker Engine. Fails (never skips) when there is none."""
+    client = aiodocker.Docker()
+    try:
+        await client.version()
+    except Exception as exc:  # pragma: no cover - the failure is the message
+        await client.close()
+        pytest.fail(f"no Docker Engine answers ({exc}); run scripts/ensure-docker")
+    yield client
+    await client.close()
+
+
+def docker_ps(*filters: str) -> list[dict[str, Any]]:
+    args = ["docker", "ps", "-a", "--format", "{{json .}}"]
+    for f in filters:
+        args += ["--filter", f]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def session_containers() -> list[str]:
+    """Ids of containers made by this session's test herders."""
+    out = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            "label=herder.managed=1",
+            "--format",
+            '{{.ID}} {{.Label "herder.instance"}}',
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [
+        line.split()[0]
+        for line in out.splitlines()
+        if len(line.split()) == 2 and line.split()[1].startswith(INSTANCE_PREFIX)
+    ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_containers() -> Iterator[None]:
+    yield
+    left = session_containers()
+    if left:
+        subprocess.run(["docker", "rm", "-f", "-v", *left], capture_output=True, check=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: a SQLite file, or a clean PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+        return
+    import asyncpg
+
+    dsn = POSTGRES_URL.replace("postgresql+asyncpg", "postgresql")
+    try:
+        conn = await asyncpg.connect(dsn)
+    except Exception as exc:
+        pytest.fail(f"no PostgreSQL at {dsn} ({exc}); run scripts/ensure-postgres")
+    await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    await conn.close()
+    yield POSTGRES_URL
+
+
+@pytest.fixture
+async def ledger(database_url: str) -> AsyncIterator[Ledger]:
+    ledger = await Ledger.open(database_url)
+    yield ledger
+    await ledger.close()
