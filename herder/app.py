@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import appkeys, health, tokens
+from . import appkeys, eventlog, health, metrics, node, tokens
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
+from .logfmt import REQUEST_ID
 from .runtime import DockerRuntime
 from .settings import Settings
 from .signing import instance_id, load_keypair
@@ -28,10 +30,25 @@ CORS_HEADERS = {
 }
 
 
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _request_id(request: web.Request) -> str:
+    """The caller's `X-Request-Id` when it is sane (it goes into logs), else a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _CLIENT_REQUEST_ID.fullmatch(given) else secrets.token_hex(6)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render `HerderError`s as `{"error": ...}`; anything else is a logged 500."""
-    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(6)
+    """Render `HerderError`s as `{"error": ...}`; anything else is a logged 500.
+
+    Also logs one line per request, carrying its request id (sent back as
+    `X-Request-Id`, and set for every line logged while handling it).
+    """
+    request_id = _request_id(request)
+    request[appkeys.REQUEST_ID] = request_id
+    context_token = REQUEST_ID.set(request_id)
     started = time.monotonic()
     status = 500
     try:
@@ -53,17 +70,33 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {"error": reason.lower()}, status=exc.status, headers=_safe_headers(exc)
         )
     except Exception:
-        log.exception("unhandled error in %s %s [%s]", request.method, request.path, request_id)
+        log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response({"error": "internal error", "request_id": request_id}, status=500)
     finally:
+        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
         log.info(
-            "%s %s %s %.1fms [%s]",
+            "%s %s %s %.1fms",
             request.method,
             request.path,  # never the query string: it may carry a token
             status,
-            (time.monotonic() - started) * 1000,
-            request_id,
+            elapsed_ms,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "ms": elapsed_ms,
+                "request_id": request_id,
+            },
         )
+        request.app[appkeys.METRICS].request(request.method, status)
+        REQUEST_ID.reset(context_token)
+
+
+async def _send_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, WebSocket upgrades and streams included, names its request id."""
+    request_id = request.get(appkeys.REQUEST_ID)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
 
 
 def _safe_headers(exc: web.HTTPException) -> dict[str, str]:
@@ -87,9 +120,14 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[appkeys.SETTINGS] = settings
+    app[appkeys.METRICS] = metrics.Metrics()
+    app.on_response_prepare.append(_send_request_id)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_runtime)
+    app.cleanup_ctx.append(eventlog.container_event_log)
     app.router.add_routes(health.routes)
+    app.router.add_routes(metrics.routes)
+    app.router.add_routes(node.routes)
     app.router.add_routes(tokens.routes)
     return app
 

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 
 from aiohttp import web
 
 from ..app import create_app
 from ..ledger.migrate import SchemaBehind
+from ..logfmt import JsonFormatter as JsonFormatter
+from ..logfmt import configure_logging as _configure
 from ..settings import Settings
 from ..signing import load_keypair
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
 def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    _configure(settings.log_format)
 
 
 def serve(settings: Settings) -> int:

@@ -9,7 +9,10 @@ equals grants minus charges.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -89,6 +92,14 @@ class Ledger:
             yield conn
 
     async def ping(self) -> None:
+        """Raise unless the database answers now (called by /healthz).
+
+        On SQLite a pooled connection keeps a moved, deleted or replaced
+        file open and would still answer, so the file itself is opened
+        afresh (read-only) and its schema read.
+        """
+        if self.dialect == "sqlite":
+            await asyncio.to_thread(_probe_sqlite_file, self.engine.url.database)
         async with self.read() as conn:
             await conn.execute(text("SELECT 1"))
 
@@ -215,6 +226,14 @@ class Ledger:
                 await conn.execute(select(Revocation.jti).where(Revocation.jti == jti))
             ).scalar_one_or_none()
         return found is not None
+
+
+def _probe_sqlite_file(path: str | None) -> None:
+    if not path or path == ":memory:":
+        return
+    uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=2)) as db:
+        db.execute("SELECT version_num FROM alembic_version").fetchall()
 
 
 def now_seconds() -> int:

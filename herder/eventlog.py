@@ -1,0 +1,87 @@
+"""One log line per container event of this herder instance.
+
+An owned task follows the runtime's event stream (containers labelled with
+this instance) and logs start, die, oom, kill, destroy, ... with the
+container's kind, name, subject and exit code as fields. When the stream
+drops (engine restart, engine unreachable) it re-subscribes with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
+
+from aiohttp import web
+
+from . import appkeys
+from .runtime.base import (
+    LABEL_GROUP,
+    LABEL_INSTANCE,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_NAME,
+    LABEL_SUBJECT,
+    RuntimeEvent,
+)
+
+log = logging.getLogger("herder.containers")
+
+# Docker also reports exec_create/exec_start/attach/resize...: noise for an operator.
+LOGGED_ACTIONS = frozenset(
+    {"create", "start", "restart", "die", "oom", "kill", "stop", "pause", "unpause", "destroy"}
+)
+MAX_BACKOFF = 30.0
+
+
+def log_event(event: RuntimeEvent) -> None:
+    if event.action not in LOGGED_ACTIONS:
+        return
+    kind = event.labels.get(LABEL_KIND, "?")
+    name = event.labels.get(LABEL_NAME, "")
+    fields: dict[str, object] = {
+        "event": event.action,
+        "container": event.id[:12],
+        "kind": kind,
+        "name": name,
+        "subject": event.labels.get(LABEL_SUBJECT, ""),
+    }
+    if event.labels.get(LABEL_GROUP):
+        fields["group"] = event.labels[LABEL_GROUP]
+    exit_note = ""
+    if event.exit_code is not None:
+        fields["exit_code"] = event.exit_code
+        exit_note = f" exit={event.exit_code}"
+    log.info(
+        "container %s %s %s %s%s", event.action, kind, name, event.id[:12], exit_note, extra=fields
+    )
+
+
+async def follow_events(app: web.Application) -> None:
+    runtime = app[appkeys.RUNTIME]
+    labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: app[appkeys.INSTANCE]}
+    backoff = 1.0
+    while True:
+        try:
+            stream = cast(AsyncGenerator[RuntimeEvent, None], runtime.events(labels))
+            async with contextlib.aclosing(stream) as events:
+                async for event in events:
+                    backoff = 1.0
+                    log_event(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the engine went away: try again later
+            log.debug("container event stream lost: %s", exc)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+async def container_event_log(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: the event-following task lives as long as the app."""
+    task = asyncio.create_task(follow_events(app), name="herder-container-event-log")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

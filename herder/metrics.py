@@ -1,0 +1,159 @@
+"""Prometheus metrics: `GET /metrics`, and the small API other modules call.
+
+Each app owns a `Metrics` (under `appkeys.METRICS`) with its own
+`CollectorRegistry`, never prometheus-client's global one: tests build many
+apps in one process, and two herders in one process must not share counts.
+
+Modules record what happened through methods named for the event:
+
+    metrics = request.app[appkeys.METRICS]
+    metrics.spawned("minion", ok=True)         # a spawn finished (or failed)
+    metrics.run_seconds("minion", 1.7)         # a workload ran this long
+    metrics.charged(12)                        # credits charged by the ledger
+    metrics.proxied(bytes_in, bytes_out)       # one proxied request
+    metrics.websocket_opened("attach") ... metrics.websocket_closed("attach")
+
+Running workloads by kind are not counted by callers: `/metrics` asks the
+runtime at scrape time (containers of this instance that are running), so
+the gauge is right after restarts and crashes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from . import appkeys
+
+log = logging.getLogger("herder.metrics")
+
+KINDS = ("minion", "daemon", "golem")
+# Minions run for seconds, daemons and golems for minutes to days.
+RUN_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+routes = web.RouteTableDef()
+
+
+class Metrics:
+    """The herder's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._spawns = Counter(
+            "herder_spawns",
+            "Spawns of workloads by kind and outcome (ok or failed)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self._run_seconds = Histogram(
+            "herder_run_seconds",
+            "How long workloads ran, by kind",
+            ["kind"],
+            buckets=RUN_BUCKETS,
+            registry=r,
+        )
+        self._running = Gauge(
+            "herder_running_workloads",
+            "Workloads of this herder running now, by kind (asked of the engine at scrape time)",
+            ["kind"],
+            registry=r,
+        )
+        self._credits = Counter("herder_credits_charged", "Credits charged to subjects", registry=r)
+        self._proxy_requests = Counter(
+            "herder_proxy_requests", "Requests through the daemon proxy", registry=r
+        )
+        self._proxy_bytes = Counter(
+            "herder_proxy_bytes",
+            "Body bytes through the daemon proxy; in = from clients, out = to clients",
+            ["direction"],
+            registry=r,
+        )
+        self._websockets = Gauge(
+            "herder_websockets_open", "Open WebSockets by kind", ["kind"], registry=r
+        )
+        self._websockets_total = Counter(
+            "herder_websockets_opened", "WebSockets opened, by kind", ["kind"], registry=r
+        )
+        self._requests = Counter(
+            "herder_http_requests",
+            "HTTP requests answered, by method and status class",
+            ["method", "status"],
+            registry=r,
+        )
+        self._up = Gauge(
+            "herder_engine_up", "1 when the container engine answered the last scrape", registry=r
+        )
+        # Every kind shows from the first scrape, at zero, so rate() works at once.
+        for kind in KINDS:
+            self._running.labels(kind)
+            self._run_seconds.labels(kind)
+            for outcome in ("ok", "failed"):
+                self._spawns.labels(kind, outcome)
+        for direction in ("in", "out"):
+            self._proxy_bytes.labels(direction)
+
+    # -- the API other modules call ------------------------------------------
+
+    def spawned(self, kind: str, ok: bool) -> None:
+        """A spawn of `kind` finished: `ok` False when it failed (any error)."""
+        self._spawns.labels(kind, "ok" if ok else "failed").inc()
+
+    def run_seconds(self, kind: str, seconds: float) -> None:
+        """A workload of `kind` ran `seconds` (a minion's run, a daemon's life)."""
+        self._run_seconds.labels(kind).observe(max(0.0, seconds))
+
+    def charged(self, credits: int) -> None:
+        """The ledger charged `credits` (to anyone)."""
+        if credits > 0:
+            self._credits.inc(credits)
+
+    def proxied(self, bytes_in: int, bytes_out: int) -> None:
+        """One request went through the daemon proxy with these body sizes."""
+        self._proxy_requests.inc()
+        self._proxy_bytes.labels("in").inc(max(0, bytes_in))
+        self._proxy_bytes.labels("out").inc(max(0, bytes_out))
+
+    def websocket_opened(self, kind: str) -> None:
+        """A WebSocket of `kind` (attach, proxy, golem, relay, ...) opened."""
+        self._websockets.labels(kind).inc()
+        self._websockets_total.labels(kind).inc()
+
+    def websocket_closed(self, kind: str) -> None:
+        """The WebSocket of `kind` closed: call once per `websocket_opened`."""
+        self._websockets.labels(kind).dec()
+
+    def request(self, method: str, status: int) -> None:
+        """Called by the request middleware for every answer."""
+        self._requests.labels(method, f"{status // 100}xx").inc()
+
+    # -- scrape ---------------------------------------------------------------
+
+    def set_running(self, counts: dict[str, int] | None) -> None:
+        """Set the running gauge from engine counts; None when the engine failed."""
+        if counts is None:
+            self._up.set(0)
+            return
+        self._up.set(1)
+        for kind in set(KINDS) | set(counts):
+            self._running.labels(kind).set(counts.get(kind, 0))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@routes.get("/metrics")
+async def metrics_route(request: web.Request) -> web.Response:
+    from .node import running_counts  # node imports nothing of ours but the runtime
+
+    metrics = request.app[appkeys.METRICS]
+    try:
+        counts: dict[str, int] | None = await running_counts(request.app)
+    except Exception:
+        log.warning("metrics: the container engine did not answer; running counts not updated")
+        counts = None
+    metrics.set_running(counts)
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,159 @@
+"""`GET /node/v1/specs`: what this host offers (P2PRC's server specs).
+
+CPUs, memory, the data dir's disk, GPUs (from `nvidia-smi` when present,
+else an empty list), the Docker Engine's version and the workloads of this
+herder running now, by kind. Public, like P2PRC's `/server_specs`: it shows
+no subject's data, only counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__, appkeys
+from .runtime.base import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED
+
+KINDS = ("minion", "daemon", "golem")
+NVIDIA_SMI_TIMEOUT = 5.0
+
+routes = web.RouteTableDef()
+
+
+async def running_counts(app: web.Application) -> dict[str, int]:
+    """Running containers of this herder instance, by `herder.kind`.
+
+    Asked of the runtime each time (never a counter kept by hand), so it is
+    right after restarts and crashes. Raises `RuntimeUnavailable` when the
+    engine does not answer.
+    """
+    containers = await app[appkeys.RUNTIME].list(
+        {LABEL_MANAGED: "1", LABEL_INSTANCE: app[appkeys.INSTANCE]}, all=False
+    )
+    counts = dict.fromkeys(KINDS, 0)
+    for container in containers:
+        kind = container.labels.get(LABEL_KIND, "")
+        if container.state == "running" and kind:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _meminfo() -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    values[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    except OSError:
+        pass
+    return values
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _host_facts(data_dir: Path) -> dict[str, Any]:
+    """Blocking reads of /proc and the file system: run in a thread."""
+    mem = _meminfo()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    disk = shutil.disk_usage(data_dir)
+    return {
+        "Hostname": platform.node(),
+        "Platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "CPU": {"Model": _cpu_model(), "Count": os.cpu_count() or 1, "Usable": usable},
+        "Memory": {
+            "TotalBytes": mem.get("MemTotal", 0),
+            "AvailableBytes": mem.get("MemAvailable", mem.get("MemFree", 0)),
+        },
+        "Disk": {
+            "Path": str(data_dir),
+            "TotalBytes": disk.total,
+            "FreeBytes": disk.free,
+        },
+    }
+
+
+async def gpus() -> list[dict[str, Any]]:
+    """NVIDIA GPUs from `nvidia-smi`; an empty list when it is absent or fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            exe,
+            "--query-gpu=name,memory.total,driver_version",
+            "--format=csv,noheader,nounits",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except OSError:
+        return []
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), NVIDIA_SMI_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return []
+    if proc.returncode != 0:
+        return []
+    return parse_nvidia_smi(out.decode(errors="replace"))
+
+
+def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
+    result = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 3 or not parts[0]:
+            continue
+        memory = int(parts[1]) * 1024 * 1024 if parts[1].isdigit() else None
+        result.append({"Name": parts[0], "MemoryBytes": memory, "Driver": parts[2]})
+    return result
+
+
+async def specs(app: web.Application) -> dict[str, Any]:
+    """The node's specs document."""
+    runtime = app[appkeys.RUNTIME]
+    facts, gpu_list, version, running = await asyncio.gather(
+        asyncio.to_thread(_host_facts, app[appkeys.SETTINGS].data_dir),
+        gpus(),
+        runtime.version(),
+        running_counts(app),
+    )
+    return {
+        **facts,
+        "GPUs": gpu_list,
+        "Docker": {
+            "Version": str(version.get("Version", "")),
+            "ApiVersion": str(version.get("ApiVersion", "")),
+            "Os": str(version.get("Os", "")),
+            "Arch": str(version.get("Arch", "")),
+        },
+        "Running": running,
+        "Herder": {"Version": __version__, "Instance": app[appkeys.INSTANCE]},
+    }
+
+
+@routes.get("/node/v1/specs")
+async def specs_route(request: web.Request) -> web.Response:
+    return web.json_response(await specs(request.app))

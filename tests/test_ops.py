@@ -1,0 +1,299 @@
+"""Operations: /healthz turning 503 and back, /metrics, /node/v1/specs, request ids."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from herder import appkeys
+from herder.app import create_app
+from herder.logfmt import JsonFormatter, RequestIdFilter
+from herder.node import parse_nvidia_smi
+from herder.runtime.base import ServiceSpec
+
+from .conftest import make_settings
+from .images import ensure_busybox_image
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class SocketRelay:
+    """A unix socket that relays to the Docker socket while it is up.
+
+    `down()` closes the listener and every relayed connection, so the
+    herder's pooled keep-alive connections die too: Docker is really
+    unreachable through it until `up()`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.server = await asyncio.start_unix_server(self._relay, path=str(self.path))
+
+    async def down(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self.writers):
+                writer.close()
+            await self.server.wait_closed()
+            self.server = None
+        self.writers.clear()
+        self.path.unlink(missing_ok=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(DOCKER_SOCKET)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def _health(client: Any) -> tuple[int, dict[str, Any]]:
+    resp = await client.get("/healthz")
+    return resp.status, await resp.json()
+
+
+@pytest.mark.docker
+async def test_healthz_503_when_docker_unreachable_and_back(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    relay = SocketRelay(tmp_path / "docker.sock")
+    await relay.up()
+    settings = make_settings(tmp_path / "d", docker_url=f"unix://{relay.path}")
+    client = await aiohttp_client(create_app(settings))
+    try:
+        status, body = await _health(client)
+        assert status == 200 and body["docker"]["ok"] is True
+        await relay.down()
+        status, body = await _health(client)
+        assert status == 503
+        assert body["ok"] is False and body["docker"]["ok"] is False
+        assert body["database"]["ok"] is True
+        assert body["docker"]["ms"] >= 0 and body["docker"]["error"]
+        await relay.up()
+        status, body = await _health(client)
+        assert status == 200 and body["ok"] is True
+    finally:
+        await relay.down()
+
+
+@pytest.mark.docker
+async def test_healthz_503_when_database_file_unusable_and_back(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    settings = make_settings(tmp_path / "d")
+    client = await aiohttp_client(create_app(settings))
+    status, body = await _health(client)
+    assert status == 200 and body["database"]["ok"] is True
+
+    # We run as root, so chmod 000 would not stop us: put a directory where
+    # the database file was (what an unmounted or replaced volume looks like).
+    db = settings.db_path
+    aside = db.with_name("herder.db.aside")
+    db.rename(aside)
+    db.mkdir()
+    try:
+        status, body = await _health(client)
+        assert status == 503
+        assert body["database"]["ok"] is False and body["docker"]["ok"] is True
+        assert "Traceback" not in json.dumps(body)
+    finally:
+        db.rmdir()
+        aside.rename(db)
+    status, body = await _health(client)
+    assert status == 200 and body["ok"] is True
+
+
+@pytest.mark.docker
+async def test_healthz_503_when_database_file_is_not_a_database(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    settings = make_settings(tmp_path / "d")
+    client = await aiohttp_client(create_app(settings))
+    db = settings.db_path
+    aside = db.with_name("herder.db.aside")
+    db.rename(aside)
+    db.write_bytes(b"this is not an SQLite database" * 100)
+    try:
+        status, body = await _health(client)
+        assert status == 503 and body["database"]["ok"] is False
+    finally:
+        db.unlink()
+        aside.rename(db)
+    assert (await _health(client))[0] == 200
+
+
+def _families(text: str) -> dict[str, Any]:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def _value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
+    name = sample_name.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+    for family in families.values():
+        for sample in family.samples:
+            if sample.name == sample_name and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
+                return float(sample.value)
+    raise AssertionError(f"no sample {sample_name} {labels} (family {name})")
+
+
+@pytest.fixture
+async def running_daemon(client: Any) -> AsyncIterator[str]:
+    """A container labelled as a running daemon of the test herder."""
+    app = client.server.app
+    runtime = app[appkeys.RUNTIME]
+    name = f"ops-{secrets.token_hex(4)}"
+    info = await runtime.run_service(
+        ServiceSpec(
+            name=name,
+            image=await ensure_busybox_image(),
+            labels={
+                "herder.managed": "1",
+                "herder.kind": "daemon",
+                "herder.instance": app[appkeys.INSTANCE],
+                "herder.name": name,
+                "herder.subject": "ops@example.org",
+            },
+            cmd=("sleep", "600"),
+            restart="no",
+        )
+    )
+    yield info.id
+    await runtime.remove(info.id, volumes=True)
+
+
+@pytest.mark.docker
+async def test_metrics_parse_and_move(client: Any, running_daemon: str) -> None:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.content_type == "text/plain"
+    families = _families(await resp.text())
+    for family in (
+        "herder_spawns",
+        "herder_run_seconds",
+        "herder_running_workloads",
+        "herder_credits_charged",
+        "herder_proxy_requests",
+        "herder_proxy_bytes",
+        "herder_websockets_open",
+        "herder_http_requests",
+    ):
+        assert family in families, family
+    assert _value(families, "herder_running_workloads", kind="daemon") == 1
+    assert _value(families, "herder_running_workloads", kind="minion") == 0
+    assert _value(families, "herder_engine_up") == 1
+    before_ok = _value(families, "herder_spawns_total", kind="minion", outcome="ok")
+
+    metrics = client.server.app[appkeys.METRICS]
+    metrics.spawned("minion", ok=True)
+    metrics.spawned("daemon", ok=False)
+    metrics.run_seconds("minion", 1.5)
+    metrics.charged(7)
+    metrics.proxied(100, 2000)
+    metrics.websocket_opened("attach")
+
+    families = _families(await (await client.get("/metrics")).text())
+    assert _value(families, "herder_spawns_total", kind="minion", outcome="ok") == before_ok + 1
+    assert _value(families, "herder_spawns_total", kind="daemon", outcome="failed") == 1
+    assert _value(families, "herder_run_seconds_count", kind="minion") == 1
+    assert _value(families, "herder_run_seconds_sum", kind="minion") == 1.5
+    assert _value(families, "herder_credits_charged_total") == 7
+    assert _value(families, "herder_proxy_bytes_total", direction="out") == 2000
+    assert _value(families, "herder_websockets_open", kind="attach") == 1
+    # the first scrape is counted once it is answered
+    assert _value(families, "herder_http_requests_total", method="GET", status="2xx") >= 1
+
+
+async def test_metrics_registries_are_per_app(tmp_path: Path, aiohttp_client: Any) -> None:
+    one = create_app(make_settings(tmp_path / "one"))
+    two = create_app(make_settings(tmp_path / "two"))
+    one[appkeys.METRICS].charged(5)
+    assert b"herder_credits_charged_total 5.0" in one[appkeys.METRICS].exposition()
+    assert b"herder_credits_charged_total 0.0" in two[appkeys.METRICS].exposition()
+
+
+async def test_metrics_answer_without_docker(tmp_path: Path, aiohttp_client: Any) -> None:
+    settings = make_settings(tmp_path / "d", docker_url="unix:///nonexistent/docker.sock")
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    families = _families(await resp.text())
+    assert _value(families, "herder_engine_up") == 0
+
+
+@pytest.mark.docker
+async def test_node_specs(client: Any, running_daemon: str, docker: Any) -> None:
+    resp = await client.get("/node/v1/specs")
+    assert resp.status == 200
+    specs = await resp.json()
+    assert specs["CPU"]["Count"] >= 1
+    assert specs["Memory"]["TotalBytes"] > 0
+    assert specs["Disk"]["TotalBytes"] >= specs["Disk"]["FreeBytes"] > 0
+    assert isinstance(specs["GPUs"], list)
+    assert specs["Docker"]["Version"] == (await docker.version())["Version"]
+    assert specs["Running"] == {"minion": 0, "daemon": 1, "golem": 0}
+
+
+async def test_node_specs_503_without_docker(tmp_path: Path, aiohttp_client: Any) -> None:
+    settings = make_settings(tmp_path / "d", docker_url="unix:///nonexistent/docker.sock")
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/node/v1/specs")
+    assert resp.status == 503
+    assert (await resp.json())["error"]
+
+
+def test_nvidia_smi_output_parsed() -> None:
+    out = "NVIDIA A100-SXM4-40GB, 40960, 535.104.05\nTesla T4, 15360, 535.104.05\n"
+    assert parse_nvidia_smi(out) == [
+        {"Name": "NVIDIA A100-SXM4-40GB", "MemoryBytes": 40960 << 20, "Driver": "535.104.05"},
+        {"Name": "Tesla T4", "MemoryBytes": 15360 << 20, "Driver": "535.104.05"},
+    ]
+    assert parse_nvidia_smi("") == []
+
+
+async def test_request_id_header_and_log_line(client: Any, caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="herder"):
+        resp = await client.get("/nope")
+        given = await client.get("/nope", headers={"X-Request-Id": "my-trace.42"})
+        hostile = await client.get("/nope", headers={"X-Request-Id": "x y <injected>"})
+    request_id = resp.headers["X-Request-Id"]
+    assert len(request_id) >= 8
+    assert given.headers["X-Request-Id"] == "my-trace.42"
+    assert hostile.headers["X-Request-Id"] != "x y <injected>"
+    lines = [r for r in caplog.records if r.name == "herder" and getattr(r, "path", "") == "/nope"]
+    assert len(lines) == 3
+    assert [getattr(r, "status", None) for r in lines] == [404, 404, 404]
+    formatted = JsonFormatter()
+    request_filter = RequestIdFilter()
+    record = lines[1]
+    request_filter.filter(record)
+    entry = json.loads(formatted.format(record))
+    assert entry["request_id"] == "my-trace.42"
+    assert entry["status"] == 404 and entry["method"] == "GET" and entry["path"] == "/nope"
+    assert "token" not in entry["message"]
+
+
+async def test_query_token_never_logged(client: Any, caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="herder"):
+        await client.get("/token/v1/balance?token=sekrit-token-value")
+    assert "sekrit-token-value" not in caplog.text
