@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import appkeys, eventlog, health, metrics, node, tokens
+from . import appkeys, daemon_exec, eventlog, health, logs, metrics, node, tokens
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
 from .logfmt import REQUEST_ID
@@ -128,6 +128,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(health.routes)
     app.router.add_routes(metrics.routes)
     app.router.add_routes(node.routes)
+    app.router.add_routes(logs.routes)
+    app.router.add_routes(daemon_exec.routes)
     app.router.add_routes(tokens.routes)
     return app
 

@@ -8,7 +8,7 @@ touching the routes. Implementations map engine errors to `HerderError`s or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,6 +87,18 @@ class RuntimeEvent:
     time: float = 0.0
 
 
+@dataclass(frozen=True)
+class ExecResult:
+    """What one command run in a container gave back (see `Runtime.exec`)."""
+
+    exit_code: int | None  # None when it did not finish in time
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+    truncated: bool = False
+    seconds: float = 0.0
+
+
 class Runtime(Protocol):
     async def ping(self) -> None:
         """Raise `RuntimeUnavailable` unless the engine answers. Called by /healthz."""
@@ -127,6 +139,28 @@ class Runtime(Protocol):
         The iterator ends when the engine connection drops; the caller
         re-subscribes (and reconciles, since events may have been missed).
         Wrap it in `contextlib.aclosing` to release the stream early.
+        """
+
+    # -- logs and exec (operations) ---------------------------------------------
+
+    def logs(
+        self, ref: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[bytes]:
+        """A container's stdout and stderr as raw chunks, interleaved as written.
+
+        Called by `GET /daemon/v1/logs/{name}`. `tail` keeps the last lines
+        only (None: all); `follow` keeps the stream open until the container
+        stops or the caller closes the iterator (wrap it in `aclosing`).
+        Raises `NotFound` when the container does not exist.
+        """
+
+    async def exec(self, ref: str, cmd: Sequence[str], *, timeout: float, limit: int) -> ExecResult:
+        """Run `cmd` in a running container (its own user, never privileged).
+
+        Called by the daemon exec routes. Waits at most `timeout` seconds
+        (then `timed_out`, `exit_code` None) and keeps at most `limit` bytes
+        of each stream (then `truncated`). Raises `NotFound` when the
+        container does not exist and `Conflict` when it is not running.
         """
 
     async def close(self) -> None:

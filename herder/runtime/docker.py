@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiodocker
 import aiohttp
 
-from ..errors import Conflict, ImageNotFound
-from .base import ContainerInfo, RuntimeEvent, RuntimeUnavailable, ServiceSpec
+from ..errors import Conflict, ImageNotFound, NotFound
+from .base import ContainerInfo, ExecResult, RuntimeEvent, RuntimeUnavailable, ServiceSpec
 from .tarball import files_tar
 
 
@@ -178,6 +178,103 @@ class DockerRuntime:
                     response.close()  # aiodocker's _query leaves releasing to the caller
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
             raise RuntimeUnavailable("lost the Docker event stream") from exc
+
+    # -- logs and exec (operations) -------------------------------------------
+
+    async def logs(
+        self, ref: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[bytes]:
+        info = await self.inspect(ref)
+        if info is None:
+            raise NotFound("no such container")
+        tty = bool((info.raw.get("Config") or {}).get("Tty"))
+        params = {
+            "stdout": "1",
+            "stderr": "1",
+            "follow": "1" if follow else "0",
+            "tail": "all" if tail is None else str(max(0, tail)),
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
+        try:
+            async with self.docker._query(
+                f"containers/{info.id}/logs", method="GET", params=params, timeout=timeout
+            ) as response:
+                try:
+                    if tty:
+                        async for chunk in response.content.iter_any():
+                            yield chunk
+                    else:
+                        async for _stream, chunk in _demultiplex(response.content):
+                            yield chunk
+                finally:
+                    response.close()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise NotFound("no such container") from None
+            raise RuntimeUnavailable("Docker Engine refused the logs") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable("lost the Docker log stream") from exc
+
+    async def exec(self, ref: str, cmd: Sequence[str], *, timeout: float, limit: int) -> ExecResult:
+        started = time.monotonic()
+        try:
+            container = self.docker.containers.container(ref)
+            execution = await container.exec(list(cmd), stdout=True, stderr=True, stdin=False)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise NotFound("no such container") from None
+            if exc.status == 409:
+                raise Conflict("the container is not running") from None
+            raise RuntimeUnavailable("Docker Engine refused the exec") from exc
+        out, err = bytearray(), bytearray()
+        truncated = timed_out = False
+        try:
+            async with asyncio.timeout(timeout):
+                async with execution.start(detach=False) as stream:
+                    while (message := await stream.read_out()) is not None:
+                        buffer = out if message.stream == 1 else err
+                        room = limit - len(buffer)
+                        if len(message.data) > room:
+                            truncated = True
+                        buffer += message.data[: max(0, room)]
+                        if len(out) >= limit and len(err) >= limit:
+                            break  # both full: stop reading (the command may get SIGPIPE)
+        except TimeoutError:
+            timed_out = True
+        except aiodocker.DockerError as exc:
+            raise RuntimeUnavailable("Docker Engine refused the exec") from exc
+        exit_code: int | None = None
+        if not timed_out:
+            try:
+                state = await execution.inspect()
+                if not state.get("Running") and state.get("ExitCode") is not None:
+                    exit_code = int(state["ExitCode"])
+            except aiodocker.DockerError as exc:
+                raise RuntimeUnavailable("Docker Engine error") from exc
+        return ExecResult(
+            exit_code=exit_code,
+            stdout=bytes(out),
+            stderr=bytes(err),
+            timed_out=timed_out,
+            truncated=truncated,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+
+async def _demultiplex(content: aiohttp.StreamReader) -> AsyncIterator[tuple[int, bytes]]:
+    """Docker's multiplexed stream (no TTY): 8-byte headers, stream id and length."""
+    while True:
+        try:
+            header = await content.readexactly(8)
+        except asyncio.IncompleteReadError:
+            return
+        size = int.from_bytes(header[4:8], "big")
+        try:
+            data = await content.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            data = exc.partial
+        if data:
+            yield header[0], data
 
 
 def _service_config(spec: ServiceSpec) -> dict[str, Any]:

@@ -1,0 +1,59 @@
+"""`GET /daemon/v1/logs/{name}?tail=N&follow=1`: a daemon's output, for its owner.
+
+The body is the container's stdout and stderr as written (plain text,
+streamed). With `follow=1` the response stays open and carries new output
+until the daemon stops or the client goes away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import cast
+
+from aiohttp import web
+
+from . import appkeys
+from .daemon_exec import find_daemon
+from .errors import BadRequest
+from .tokens import require_claims
+
+MAX_TAIL = 100_000
+
+routes = web.RouteTableDef()
+
+
+def _tail(raw: str | None) -> int | None:
+    if raw is None or raw in ("", "all"):
+        return None
+    if not raw.isdigit() or int(raw) > MAX_TAIL:
+        raise BadRequest(f"tail must be a number of lines from 0 to {MAX_TAIL}, or 'all'")
+    return int(raw)
+
+
+@routes.get("/daemon/v1/logs/{name}")
+async def daemon_logs(request: web.Request) -> web.StreamResponse:
+    claims = await require_claims(request)
+    tail = _tail(request.query.get("tail"))
+    follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
+    daemon = await find_daemon(request.app, claims.sub, request.match_info["name"])
+    chunks = cast(
+        AsyncGenerator[bytes, None],
+        request.app[appkeys.RUNTIME].logs(daemon.id, tail=tail, follow=follow),
+    )
+    async with contextlib.aclosing(chunks):
+        # Without follow, pull the first chunk before answering, so an engine
+        # failure is still a JSON error; with follow, answer at once (the
+        # daemon may be silent for a long time).
+        first = None if follow else await anext(chunks, None)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if first is not None:
+            await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+    return response
