@@ -161,7 +161,6 @@ async def _check_engine(docker: aiodocker.Docker, url: str) -> None:
         await docker.version()
     except (DockerError, OSError) as exc:
         detail = exc.message if isinstance(exc, DockerError) else str(exc)
-        await docker.close()
         raise ImageBuildError(
             f"no Docker Engine answers at {url}; run scripts/ensure-docker ({detail})"
         ) from None
