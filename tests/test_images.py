@@ -176,3 +176,25 @@ async def test_latex_image_typesets_a_plain_article(
     code, stdout, stderr = await run_in(docker, image, main_sh=main_sh)
     assert code == 0, stdout + stderr
     assert stdout == "%PDF-"
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT)
+async def test_failing_build_reports_the_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker: aiodocker.Docker
+) -> None:
+    await ensure_built(Settings.load({"data_dir": str(tmp_path)}, environ={}), "python")
+    context = tmp_path / "images" / "broken"
+    context.mkdir(parents=True)
+    (context / "Dockerfile").write_text(
+        "ARG BASE=debian:bookworm-slim\nFROM ${BASE}\nRUN echo about to fail && exit 3\n"
+    )
+    monkeypatch.setenv("HERDER_IMAGES_DIR", str(tmp_path / "images"))
+    tag = "herder-test/broken:never"
+    settings = Settings.load({"data_dir": str(tmp_path), "images": f"broken={tag}"}, environ={})
+    assert known_builds(settings) == {"broken": tag}
+    with pytest.raises(ImageBuildError) as info:
+        await build_images(settings, [], progress=lambda _line: None)
+    assert f"building {tag} failed" in str(info.value)
+    assert "returned a non-zero code: 3" in str(info.value)
+    with pytest.raises(aiodocker.DockerError):
+        await docker.images.inspect(tag)
