@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import HerderError, SettingsError
 from ..ledger.migrate import SchemaBehind
 from ..settings import Settings
-from . import admin
+from . import admin, client
 
 SETTING_FLAGS = [f.name for f in dataclasses.fields(Settings)]
 
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     build = images.add_parser("build", parents=[parent], help="build images from images/ (offline)")
     build.add_argument("names", nargs="*", metavar="ENV")
     build.add_argument("--force", action="store_true", help="rebuild images that exist")
+
+    client.add_commands(commands)
     return parser
 
 
@@ -88,7 +90,15 @@ def settings_from(args: argparse.Namespace, environ: Any = None) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv, command = client.split_command(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
+    args.cmd = command
+    if args.command in client.COMMANDS:
+        # Client commands talk HTTP to a herder; they load no server settings.
+        try:
+            return client.main(args)
+        except KeyboardInterrupt:
+            return 130
     try:
         settings = settings_from(args)
         return dispatch(args, settings)

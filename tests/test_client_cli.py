@@ -1,0 +1,197 @@
+"""The client commands of `herder` against a served herder (a real `herder serve`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from herder.signing import INSTANCE_FILE, load_keypair
+from herder.tokens import TokenService
+
+from .conftest import make_settings
+from .images import BUSYBOX_IMAGE
+
+ROOT = Path(__file__).resolve().parent.parent
+HERDER = [sys.executable, "-m", "herder"]
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@dataclass
+class Served:
+    url: str
+    data_dir: Path
+    log: Path
+    instance: str
+
+    def token(self, email: str | None = None, credits: int = 1000) -> str:
+        settings = make_settings(self.data_dir)
+        service = TokenService(load_keypair(self.data_dir), settings, ledger=None)  # type: ignore[arg-type]
+        token, _ = service.create(email or f"cli-{secrets.token_hex(3)}@example.org", credits, 1)
+        return token
+
+    def herder(
+        self, *args: str, token: str | None = None, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HERDER_")}
+        env["HERDER_URL"] = self.url
+        if token:
+            env["HERDER_TOKEN"] = token
+        return subprocess.run(
+            [*HERDER, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            cwd=ROOT,
+            input=input,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    data_dir = tmp_path_factory.mktemp("served")
+    make_settings(data_dir)  # the session's instance id, so the sweep knows its containers
+    port = _free_port()
+    log = data_dir / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERDER_")}
+    env.update(
+        {
+            "HERDER_DATA_DIR": str(data_dir),
+            "HERDER_HOST": "127.0.0.1",
+            "HERDER_PORT": str(port),
+            "HERDER_LOG_FORMAT": "json",
+            "HERDER_MINION_TIMEOUT": "20",
+            "HERDER_IMAGES": json.dumps({"busybox": BUSYBOX_IMAGE}),
+        }
+    )
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [*HERDER, "serve"], env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"herder serve did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+    instance = (data_dir / INSTANCE_FILE).read_text().strip()
+    try:
+        yield Served(url, data_dir, log, instance)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("herder: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_ping_and_credits(served: Served) -> None:
+    result = served.herder("ping")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: herder ") and "docker" in result.stdout
+    token = served.token("pinger@example.org", credits=77)
+    result = served.herder("ping", token=token)
+    assert "pinger@example.org has 77 credits" in result.stdout
+
+
+def test_server_errors_are_one_line_and_exit_1(served: Served) -> None:
+    line = _one_error_line(served.herder("daemon", "logs", "nosuch", token=served.token()))
+    assert "nosuch" in line and "404" in line
+    line = _one_error_line(served.herder("daemon", "logs", "x", token="not.a.token"))
+    assert "401" in line
+    line = _one_error_line(served.herder("daemon", "ls"))
+    assert "token" in line
+    line = _one_error_line(served.herder("ping", "--url", "http://127.0.0.1:1"))
+    assert "cannot reach" in line
+
+
+def test_request_lines_are_json_with_request_id(served: Served) -> None:
+    request = urllib.request.Request(
+        served.url + "/healthz", headers={"X-Request-Id": "cli-test-1"}
+    )
+    with urllib.request.urlopen(request) as response:
+        assert response.headers["X-Request-Id"] == "cli-test-1"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        entries = [
+            json.loads(line) for line in served.log.read_text().splitlines() if line.startswith("{")
+        ]
+        mine = [e for e in entries if e.get("request_id") == "cli-test-1"]
+        if mine:
+            break
+        time.sleep(0.1)
+    assert mine, served.log.read_text()[-2000:]
+    assert mine[0]["path"] == "/healthz" and mine[0]["status"] == 200 and mine[0]["method"] == "GET"
+
+
+def _run_labelled_daemon(served: Served, subject: str, name: str, script: str) -> str:
+    container = f"{name}-{secrets.token_hex(4)}"
+    subprocess.run(
+        [
+            "docker", "run", "-d", "--name", container,
+            "--label", "herder.managed=1", "--label", "herder.kind=daemon",
+            "--label", f"herder.instance={served.instance}",
+            "--label", f"herder.subject={subject}", "--label", f"herder.name={name}",
+            BUSYBOX_IMAGE, "sh", "-c", script,
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return container
+
+
+def test_logs_and_exec(served: Served) -> None:
+    subject = f"logs-{secrets.token_hex(3)}@example.org"
+    token = served.token(subject)
+    container = _run_labelled_daemon(served, subject, "chatty", "echo one; echo two; sleep 600")
+    try:
+        for _ in range(50):
+            result = served.herder("daemon", "logs", "chatty", token=token)
+            if "two" in result.stdout:
+                break
+            time.sleep(0.1)
+        assert result.returncode == 0 and result.stdout == "one\ntwo\n"
+        result = served.herder("daemon", "logs", "chatty", "--tail", "1", token=token)
+        assert result.stdout == "two\n"
+
+        result = served.herder(
+            "daemon", "exec", "chatty", "--", "sh", "-c", "echo out; echo err >&2; exit 4",
+            token=token,
+        )  # fmt: skip
+        assert result.returncode == 4
+        assert result.stdout == "out\n" and result.stderr == "err\n"
+        result = served.herder("daemon", "exec", "chatty", "--json", "--", "true", token=token)
+        assert json.loads(result.stdout)["ExitCode"] == 0
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
