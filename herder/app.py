@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import appkeys, health, tokens
+from . import appkeys, health, relay, tokens
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
 from .runtime import DockerRuntime
@@ -91,6 +91,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_runtime)
     app.router.add_routes(health.routes)
     app.router.add_routes(tokens.routes)
+    app[appkeys.RELAY] = relay.Relay(settings.golem_wait)
+    app.on_shutdown.append(relay.on_shutdown)
+    app.router.add_routes(relay.routes)
     return app
 
 
