@@ -8,6 +8,7 @@ touching the routes. Implementations map engine errors to `HerderError`s or
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +43,50 @@ class ContainerInfo:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A long-lived container (daemon or golem).
+
+    `ports` are container TCP ports published on `bind_address` with host
+    ports that the engine assigns (no listen-and-close race). `volume`, when
+    set, is a named volume mounted at every path of `mounts`; `files` are
+    copied into `files_dir` through the engine's API before start (no host
+    directory binds, so a remote engine works).
+    """
+
+    name: str
+    image: str
+    labels: dict[str, str]
+    ports: tuple[int, ...] = ()
+    bind_address: str = "0.0.0.0"
+    volume: str | None = None
+    mounts: tuple[str, ...] = ()
+    files: dict[str, bytes] = field(default_factory=dict)
+    files_dir: str = "/minion"
+    env: dict[str, str] = field(default_factory=dict)
+    cmd: tuple[str, ...] | None = None
+    memory_bytes: int = 512 << 20
+    nano_cpus: int = 1_000_000_000
+    pids: int = 256
+    restart: str = "unless-stopped"
+    open_stdin: bool = True
+    user: str | None = None
+    cap_drop_all: bool = False
+    extra_hosts: tuple[str, ...] = ()
+    shm_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    """A container event: `action` is Docker's (start, die, oom, destroy, ...)."""
+
+    action: str
+    id: str
+    labels: dict[str, str]
+    exit_code: int | None = None
+    time: float = 0.0
+
+
 class Runtime(Protocol):
     async def ping(self) -> None:
         """Raise `RuntimeUnavailable` unless the engine answers. Called by /healthz."""
@@ -57,6 +102,32 @@ class Runtime(Protocol):
 
     async def remove(self, ref: str, *, volumes: bool = False) -> None:
         """Force-remove a container; a container already gone counts as done."""
+
+    async def run_service(self, spec: ServiceSpec) -> ContainerInfo:
+        """Create and start a long-lived container; return it as running.
+
+        Called by daemon and golem spawns. Raises `ImageNotFound` when the
+        image is not present locally (it is never pulled) and `Conflict`
+        when the name is taken. A container that fails after create is
+        removed before the error is raised.
+        """
+
+    async def start(self, ref: str) -> ContainerInfo | None:
+        """Start an existing container (idempotent); None when it is gone."""
+
+    async def stop(self, ref: str, *, timeout: float = 5) -> None:
+        """Stop a container (SIGTERM, then SIGKILL after `timeout`); gone counts as done."""
+
+    async def remove_volume(self, name: str) -> None:
+        """Delete a named volume; a volume already gone counts as done."""
+
+    def events(self, labels: dict[str, str]) -> AsyncIterator[RuntimeEvent]:
+        """Container events for containers carrying `labels`, as they happen.
+
+        The iterator ends when the engine connection drops; the caller
+        re-subscribes (and reconciles, since events may have been missed).
+        Wrap it in `contextlib.aclosing` to release the stream early.
+        """
 
     async def close(self) -> None:
         """Release the engine connection; called once at shutdown."""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiodocker
+import aiohttp
 
-from .base import ContainerInfo, RuntimeUnavailable
+from ..errors import Conflict, ImageNotFound
+from .base import ContainerInfo, RuntimeEvent, RuntimeUnavailable, ServiceSpec
+from .tarball import files_tar
 
 
 class DockerRuntime:
@@ -72,6 +78,173 @@ class DockerRuntime:
             if exc.status in (404, 409):
                 return
             raise RuntimeUnavailable("Docker Engine error") from exc
+
+    # -- long-lived services ---------------------------------------------------
+
+    async def image_exists(self, image: str) -> bool:
+        try:
+            await self.docker.images.inspect(image)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise RuntimeUnavailable("Docker Engine error") from exc
+        return True
+
+    async def run_service(self, spec: ServiceSpec) -> ContainerInfo:
+        if not await self.image_exists(spec.image):
+            raise ImageNotFound(f"image {spec.image!r} is not available on this herder")
+        if spec.volume:
+            await self._ensure_volume(spec.volume, spec.labels)
+        try:
+            container = await self.docker.containers.create(_service_config(spec), name=spec.name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 409:
+                raise Conflict(f"a container named {spec.name!r} exists") from None
+            if exc.status == 404:
+                raise ImageNotFound(
+                    f"image {spec.image!r} is not available on this herder"
+                ) from None
+            raise RuntimeUnavailable("Docker Engine refused to create the container") from exc
+        try:
+            if spec.files:
+                data = await asyncio.to_thread(files_tar, spec.files)
+                await container.put_archive(spec.files_dir, data)
+            await container.start()
+            info = await self.inspect(container.id)
+        except BaseException:
+            await asyncio.shield(self.remove(container.id))
+            raise
+        if info is None:
+            raise RuntimeUnavailable("the container vanished right after start")
+        return info
+
+    async def _ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        try:
+            await self.docker.volumes.create({"Name": name, "Labels": labels})
+        except aiodocker.DockerError as exc:
+            raise RuntimeUnavailable("Docker Engine refused to create the volume") from exc
+
+    async def start(self, ref: str) -> ContainerInfo | None:
+        try:
+            await self.docker.containers.container(ref).start()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            if exc.status != 304:  # already running
+                raise RuntimeUnavailable("Docker Engine refused to start the container") from exc
+        return await self.inspect(ref)
+
+    async def stop(self, ref: str, *, timeout: float = 5) -> None:
+        try:
+            await self.docker.containers.container(ref).stop(t=int(timeout))
+        except aiodocker.DockerError as exc:
+            if exc.status in (304, 404):
+                return
+            raise RuntimeUnavailable("Docker Engine refused to stop the container") from exc
+
+    async def remove_volume(self, name: str) -> None:
+        for attempt in range(20):
+            try:
+                await self.docker.volumes.get(name)
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return
+                raise RuntimeUnavailable("Docker Engine error") from exc
+            try:
+                await aiodocker.volumes.DockerVolume(self.docker, name).delete()
+                return
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return
+                if exc.status != 409 or attempt == 19:  # in use: a removal is finishing
+                    raise RuntimeUnavailable("Docker Engine refused to delete the volume") from exc
+                await asyncio.sleep(0.1)
+
+    async def events(self, labels: dict[str, str]) -> AsyncIterator[RuntimeEvent]:
+        filters = {"type": ["container"], "label": [f"{k}={v}" for k, v in labels.items()]}
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
+        try:
+            async with self.docker._query(
+                "events", method="GET", params={"filters": json.dumps(filters)}, timeout=timeout
+            ) as response:
+                try:
+                    async for line in response.content:
+                        if not line.strip():
+                            continue
+                        event = _event_from(json.loads(line))
+                        if event is not None and _has_labels_raw(event.labels, labels):
+                            yield event
+                finally:
+                    response.close()  # aiodocker's _query leaves releasing to the caller
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable("lost the Docker event stream") from exc
+
+
+def _service_config(spec: ServiceSpec) -> dict[str, Any]:
+    exposed: dict[str, dict[str, Any]] = {f"{port}/tcp": {} for port in spec.ports}
+    bindings = {
+        f"{port}/tcp": [{"HostIp": spec.bind_address, "HostPort": ""}] for port in spec.ports
+    }
+    mounts = [
+        {"Type": "volume", "Source": spec.volume, "Target": path}
+        for path in spec.mounts
+        if spec.volume
+    ]
+    host_config: dict[str, Any] = {
+        "PortBindings": bindings,
+        "Mounts": mounts,
+        "Memory": spec.memory_bytes,
+        "MemorySwap": spec.memory_bytes,
+        "NanoCpus": spec.nano_cpus,
+        "PidsLimit": spec.pids,
+        "SecurityOpt": ["no-new-privileges"],
+        "RestartPolicy": {"Name": spec.restart},
+        "Privileged": False,
+        "ExtraHosts": list(spec.extra_hosts),
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
+        "Init": True,
+    }
+    if spec.cap_drop_all:
+        host_config["CapDrop"] = ["ALL"]
+    if spec.shm_bytes:
+        host_config["ShmSize"] = spec.shm_bytes
+    config: dict[str, Any] = {
+        "Image": spec.image,
+        "Labels": spec.labels,
+        "ExposedPorts": exposed,
+        "Env": [f"{k}={v}" for k, v in spec.env.items()],
+        "OpenStdin": spec.open_stdin,
+        "StdinOnce": False,
+        "AttachStdin": False,
+        "Tty": False,
+        "HostConfig": host_config,
+    }
+    if spec.cmd is not None:
+        config["Cmd"] = list(spec.cmd)
+    if spec.user:
+        config["User"] = spec.user
+    return config
+
+
+def _event_from(data: dict[str, Any]) -> RuntimeEvent | None:
+    actor = data.get("Actor") or {}
+    attributes = actor.get("Attributes") or {}
+    action = str(data.get("Action") or data.get("status") or "")
+    if not action or not actor.get("ID"):
+        return None
+    exit_code = attributes.get("exitCode")
+    labels = {k: v for k, v in attributes.items() if k.startswith("herder.")}
+    return RuntimeEvent(
+        action=action.split(":")[0],
+        id=actor["ID"],
+        labels=labels,
+        exit_code=int(exit_code) if exit_code not in (None, "") else None,
+        time=float(data.get("timeNano", 0)) / 1e9 or time.time(),
+    )
+
+
+def _has_labels_raw(have: dict[str, str], want: dict[str, str]) -> bool:
+    return all(have.get(k) == v for k, v in want.items())
 
 
 def _has_labels(info: ContainerInfo, labels: dict[str, str]) -> bool:
