@@ -336,11 +336,14 @@ class Relay:
             self._sockets.discard(ws)
 
     async def shutdown(self) -> None:
-        """Close every relay socket (on application shutdown)."""
-        for ws in list(self._sockets):
+        """Close every relay socket (on application shutdown), all at once."""
+
+        async def close(ws: web.WebSocketResponse) -> None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+        await asyncio.gather(*(close(ws) for ws in list(self._sockets)))
 
 
 async def on_shutdown(app: web.Application) -> None:

@@ -35,6 +35,7 @@ from .conftest import auth, make_settings
 pytestmark = pytest.mark.docker
 
 GOLEM_IMAGE = "herder/golem:bookworm"
+NODE_IMAGE = "herder/node:bookworm"
 UNREACHABLE_PAGES = "http://127.0.0.1:9"  # golems in the cheap tests load nothing
 
 
@@ -124,6 +125,80 @@ async def test_emet_script_has_the_public_url(herder: HerderMaker) -> None:
         assert f"curl {one.url}/golem/v1/reset/<webstrate>" in script
         assert "__HERDER_URL__" not in script
         assert '".golem, #emet"' in script
+
+
+EMET_HARNESS = r"""
+const calls = [];
+globalThis.window = globalThis;
+globalThis.location = { pathname: "/my-doc/some/page" };
+globalThis.navigator = { userAgent: process.env.UA, webdriver: false };
+globalThis.fetch = (url, options) => {
+  calls.push([options.method, url]);
+  return Promise.resolve({ ok: true, status: 201, json: () => Promise.resolve({}) });
+};
+const golemCode = { textContent:
+  "globalThis.ran = [emet.webstrate, emet.isGolem, typeof emet.controlSocket, typeof emet.connectTo];" };
+globalThis.document = {
+  readyState: "complete",
+  addEventListener() {},
+  querySelector(selector) { globalThis.selector = selector; return golemCode; },
+};
+globalThis.WebSocket = function () {};
+(0, eval)(process.env.EMET);
+setTimeout(() => console.log(JSON.stringify({
+  calls, ran: globalThis.ran || null, selector: globalThis.selector || null,
+})), 100);
+"""
+
+
+async def run_emet_in_node(docker: aiodocker.Docker, one: Herder, user_agent: str) -> Any:
+    """Run the served emet script in Node with a browser's globals stubbed."""
+    async with one.http.get(one.url + "/") as resp:
+        script = await resp.text()
+    container = await docker.containers.create(
+        {
+            "Image": NODE_IMAGE,
+            "Cmd": ["node", "-e", EMET_HARNESS],
+            "Env": [f"EMET={script}", f"UA={user_agent}"],
+            "Labels": {"herder.managed": "1", "herder.instance": one.app[appkeys.INSTANCE]},
+            "NetworkDisabled": True,
+            "HostConfig": {"CapDrop": ["ALL"], "Memory": 256 << 20},
+        }
+    )
+    try:
+        await container.start()
+        result = await container.wait(timeout=60)
+        output = "".join(await container.log(stdout=True, stderr=True))
+        assert result["StatusCode"] == 0, output
+        return json.loads(output.strip().splitlines()[-1])
+    finally:
+        await container.delete(force=True)
+
+
+async def test_emet_in_a_browser_spawns_and_in_a_golem_runs_the_golem_code(
+    herder: HerderMaker, docker: aiodocker.Docker
+) -> None:
+    try:
+        await docker.images.inspect(NODE_IMAGE)
+    except aiodocker.DockerError:
+        pytest.fail(f"{NODE_IMAGE} is missing; run `herder images build node`")
+    one = await herder()
+    browser = await run_emet_in_node(
+        docker, one, "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36"
+    )
+    assert browser == {
+        "calls": [["POST", f"{one.url}/golem/v1/spawn/my-doc"]],
+        "ran": None,
+        "selector": None,
+    }
+    golem = await run_emet_in_node(
+        docker, one, "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/120.0 Safari/537.36"
+    )
+    assert golem == {
+        "calls": [],
+        "ran": ["my-doc", True, "function", "function"],
+        "selector": ".golem, #emet",
+    }
 
 
 # -- bad input -----------------------------------------------------------------------

@@ -207,3 +207,19 @@ async def test_slow_reader_is_closed_not_buffered(client: TestClient[Any, Any]) 
     assert received < sent
     await minion.close()
     await golem.close()
+
+
+async def test_shutdown_closes_every_relay_socket(tmp_path: Path, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(make_settings(tmp_path / "d")))
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    await receive_event(golem)
+    closing = asyncio.create_task(client.server.close())
+    msg = await golem.receive(timeout=10)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+    msg = await minion.receive(timeout=10)
+    if msg.type == WSMsgType.TEXT:  # the golem's end may be relayed before the close
+        assert json.loads(msg.data) == {"Event": "golem-disconnected"}
+        msg = await minion.receive(timeout=10)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+    await asyncio.wait_for(closing, 30)
