@@ -303,9 +303,13 @@ class Relay:
 
     # -- minions -----------------------------------------------------------------
 
-    def add_minion(self, golem: GolemSession, minion: MinionSession) -> None:
+    def add_minion(self, golem: GolemSession, minion: MinionSession) -> bool:
+        """Announce the minion to its golem; False when that golem has gone."""
+        if self._golems.get(golem.webstrate) is not golem:
+            return False
         golem.minions[minion.id] = minion
         golem.control.send(event("minion-connected", ID=minion.id, Type=minion.type))
+        return True
 
     def remove_minion(self, golem: GolemSession, minion: MinionSession) -> None:
         if golem.minions.pop(minion.id, None) is None:
@@ -418,7 +422,10 @@ async def minion_connect(request: web.Request) -> web.WebSocketResponse:
                 peer.send(event("golem-not-found", ID=webstrate))
                 peer.finish(WSCloseCode.OK, "golem not found")
                 return ws
-            relay.add_minion(golem, minion)
+            if not relay.add_minion(golem, minion):  # it left while this one woke up
+                minion.golem_gone()
+                peer.finish(CLOSE_GOLEM_GONE, "golem disconnected")
+                return ws
             peer.on_abort = functools.partial(relay.remove_minion, golem, minion)
             await reading
         finally:
