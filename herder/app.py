@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import appkeys, daemon_exec, eventlog, health, logs, metrics, node, tokens
+from . import appkeys, daemon_exec, eventlog, golems, health, logs, metrics, node, relay, tokens
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
 from .logfmt import REQUEST_ID
@@ -131,6 +131,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(logs.routes)
     app.router.add_routes(daemon_exec.routes)
     app.router.add_routes(tokens.routes)
+    app[appkeys.RELAY] = relay.Relay(settings.golem_wait)
+    app.on_shutdown.append(relay.on_shutdown)
+    app.router.add_routes(relay.routes)
+    app.cleanup_ctx.append(golems.golems_context)
+    app.router.add_routes(golems.routes)
     return app
 
 

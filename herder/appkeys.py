@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .golems import Golems
     from .ledger import Ledger
     from .metrics import Metrics
+    from .relay import Relay
     from .runtime import Runtime
     from .settings import Settings
     from .tokens import TokenService
@@ -20,3 +22,5 @@ TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 INSTANCE: web.AppKey[str] = web.AppKey("instance")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+RELAY: web.AppKey[Relay] = web.AppKey("relay")
+GOLEMS: web.AppKey[Golems] = web.AppKey("golems")
