@@ -36,6 +36,7 @@ from sqlalchemy import insert, update
 from . import appkeys
 from .errors import Conflict, NoCredits, NotFound, TooManyRequests
 from .ledger import Ledger, Workload
+from .metrics import Metrics
 from .relay import Relay, check_webstrate
 from .runtime import ContainerInfo, Runtime
 from .runtime.base import (
@@ -128,7 +129,9 @@ class Golems:
         relay: Relay,
         instance: str,
         emet_script: str,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.runtime = runtime
         self.ledger = ledger
@@ -200,17 +203,22 @@ class Golems:
                 )
             spec = self._spec(webstrate, owner)
             try:
-                info = await self.runtime.run_service(spec)
-            except Conflict:
-                # A container of ours with this name that the label lookup
-                # missed (e.g. half-created before a crash): replace it.
-                await self.runtime.remove(spec.name)
-                info = await self.runtime.run_service(spec)
-            try:
-                await self._register(webstrate, info, owner)
-            except BaseException:
-                await asyncio.shield(self.runtime.remove(info.id))
+                try:
+                    info = await self.runtime.run_service(spec)
+                except Conflict:
+                    # A container of ours with this name that the label lookup
+                    # missed (e.g. half-created before a crash): replace it.
+                    await self.runtime.remove(spec.name)
+                    info = await self.runtime.run_service(spec)
+                try:
+                    await self._register(webstrate, info, owner)
+                except BaseException:
+                    await asyncio.shield(self.runtime.remove(info.id))
+                    raise
+            except Exception:
+                self.metrics.spawned(KIND, ok=False)
                 raise
+            self.metrics.spawned(KIND, ok=True)
             return info
 
     def _spec(self, webstrate: str, owner: Owner) -> ServiceSpec:
@@ -238,6 +246,7 @@ class Golems:
         self.relay.drop_golem(webstrate)
         await self.runtime.remove(info.id)
         await self._unregister(info)
+        self.metrics.lifetime(KIND, info.created)
 
     # -- the workload registry -------------------------------------------------
 
@@ -287,6 +296,7 @@ async def golems_context(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.RELAY],
         app[appkeys.INSTANCE],
         script,
+        app[appkeys.METRICS],
     )
     yield
 

@@ -20,7 +20,10 @@ the gauge is right after restarts and crashes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -126,9 +129,28 @@ class Metrics:
         """The WebSocket of `kind` closed: call once per `websocket_opened`."""
         self._websockets.labels(kind).dec()
 
+    @contextlib.contextmanager
+    def websocket(self, kind: str) -> Iterator[None]:
+        """`websocket_opened` on entry, `websocket_closed` on exit."""
+        self.websocket_opened(kind)
+        try:
+            yield
+        finally:
+            self.websocket_closed(kind)
+
     def request(self, method: str, status: int) -> None:
         """Called by the request middleware for every answer."""
         self._requests.labels(method, f"{status // 100}xx").inc()
+
+    def lifetime(self, kind: str, created: str) -> None:
+        """`run_seconds` from a container's creation time (epoch seconds, as
+        `ContainerInfo.created` carries it for listed containers) until now."""
+        try:
+            started = float(created)
+        except ValueError:
+            return
+        if started > 0:
+            self.run_seconds(kind, time.time() - started)
 
     # -- scrape ---------------------------------------------------------------
 

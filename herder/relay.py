@@ -381,7 +381,7 @@ async def golem_connect(request: web.Request) -> web.WebSocketResponse:
     peer = Peer(request, ws, f"golem {webstrate}")
     session = relay.claim_golem(webstrate, peer)  # 409 before the upgrade
     peer.on_abort = lambda: relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
-    with relay.tracking(ws):
+    with relay.tracking(ws), request.app[appkeys.METRICS].websocket("golem"):
         try:
             await ws.prepare(request)
             peer.start()
@@ -404,7 +404,7 @@ async def minion_connect(request: web.Request) -> web.WebSocketResponse:
         raise BadRequest(f"type must be at most {MINION_TYPE_MAX} printable characters")
     ws = _socket()
     await ws.prepare(request)
-    with relay.tracking(ws):
+    with relay.tracking(ws), request.app[appkeys.METRICS].websocket("minion"):
         peer = Peer(request, ws, f"minion of {webstrate}")
         peer.start()
         minion = MinionSession(uuid.uuid4().hex, minion_type, peer)
@@ -460,7 +460,7 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
     channel = Peer(request, ws, f"channel to minion {minion.id}")
     channel.on_abort = functools.partial(minion.detach, channel)
     minion.attach(channel)
-    with relay.tracking(ws):
+    with relay.tracking(ws), request.app[appkeys.METRICS].websocket("channel"):
         try:
             await ws.prepare(request)
             channel.start()

@@ -297,3 +297,39 @@ async def test_query_token_never_logged(client: Any, caplog: Any) -> None:
     with caplog.at_level(logging.INFO, logger="herder"):
         await client.get("/token/v1/balance?token=sekrit-token-value")
     assert "sekrit-token-value" not in caplog.text
+
+
+@pytest.mark.docker
+async def test_metrics_count_golem_spawns_failures_and_sockets(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    image = await ensure_busybox_image()
+    settings = make_settings(tmp_path / "d", golem_image=image, webstrates_url="http://127.0.0.1:9")
+    client = await aiohttp_client(create_app(settings))
+    webstrate = f"metrics-{secrets.token_hex(3)}"
+    try:
+        resp = await client.post(f"/golem/v1/spawn/{webstrate}")
+        assert resp.status == 201, await resp.text()
+        async with client.ws_connect(f"/golem/v1/connect/{webstrate}"):
+            families = _families(await (await client.get("/metrics")).text())
+            assert _value(families, "herder_websockets_open", kind="golem") == 1
+        resp = await client.post(f"/golem/v1/kill/{webstrate}")
+        assert resp.status == 200
+    finally:
+        runtime = client.server.app[appkeys.RUNTIME]
+        for container in await runtime.list(
+            {"herder.instance": client.server.app[appkeys.INSTANCE]}
+        ):
+            await runtime.remove(container.id)
+
+    families = _families(await (await client.get("/metrics")).text())
+    assert _value(families, "herder_spawns_total", kind="golem", outcome="ok") == 1
+    assert _value(families, "herder_run_seconds_count", kind="golem") == 1
+    assert _value(families, "herder_websockets_opened_total", kind="golem") == 1
+    assert _value(families, "herder_websockets_open", kind="golem") == 0
+
+    missing = make_settings(tmp_path / "e", golem_image="herder-test/no-such-image:none")
+    other = await aiohttp_client(create_app(missing))
+    assert (await other.post(f"/golem/v1/spawn/{webstrate}")).status == 404
+    families = _families(await (await other.get("/metrics")).text())
+    assert _value(families, "herder_spawns_total", kind="golem", outcome="failed") == 1
