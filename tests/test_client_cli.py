@@ -80,6 +80,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "HERDER_LOG_FORMAT": "json",
             "HERDER_MINION_TIMEOUT": "20",
             "HERDER_IMAGES": json.dumps({"busybox": BUSYBOX_IMAGE}),
+            "HERDER_GOLEM_IMAGE": BUSYBOX_IMAGE,
+            "HERDER_WEBSTRATES_URL": "http://127.0.0.1:9",
         }
     )
     with open(log, "wb") as log_file:
@@ -195,3 +197,21 @@ def test_logs_and_exec(served: Served) -> None:
         assert json.loads(result.stdout)["ExitCode"] == 0
     finally:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+
+
+def test_golem_spawn_ls_kill(served: Served) -> None:
+    webstrate = f"cli-{secrets.token_hex(3)}"
+    result = served.herder("golem", "spawn", webstrate)
+    assert result.returncode == 0, result.stderr
+    assert f"golem of {webstrate} running" in result.stdout
+    result = served.herder("golem", "ls")
+    assert result.stdout.splitlines()[0].split()[:2] == ["WEBSTRATE", "STATE"]
+    assert any(line.split()[0] == webstrate for line in result.stdout.splitlines()[1:])
+    listed = json.loads(served.herder("golem", "ls", "--json").stdout)
+    assert webstrate in [g["Webstrate"] for g in listed]
+    result = served.herder("golem", "kill", webstrate)
+    assert result.returncode == 0 and "killed" in result.stdout
+    line = _one_error_line(served.herder("golem", "kill", webstrate))
+    assert "404" in line
+    line = _one_error_line(served.herder("golem", "spawn", "bad id!"))
+    assert "400" in line

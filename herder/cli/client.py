@@ -27,6 +27,7 @@ COMMANDS = ("ping", "daemon", "minion", "golem")
 DEFAULT_URL = "http://localhost:8080"
 DETACH_KEY = b"\x1d"  # Ctrl-]
 PIPE_QUIET_SECONDS = 1.0
+PROGRESS_DELAY = 2.0
 
 
 class ClientError(Exception):
@@ -217,29 +218,33 @@ SPINNER = "|/-\\"
 
 @contextlib.asynccontextmanager
 async def progress(label: str) -> AsyncIterator[None]:
-    """Show that a long operation is under way: a spinner with seconds on a
-    terminal, one line otherwise; cleared when it ends."""
+    """Show that a long operation is under way: on a terminal a spinner with
+    the seconds, cleared when it ends; elsewhere one line, and only once the
+    operation has taken `PROGRESS_DELAY` seconds (so quick calls, and their
+    errors, stay one line)."""
     started = time.monotonic()
-    if not sys.stderr.isatty():
-        print(f"{label}...", file=sys.stderr, flush=True)
-        yield
-        return
+    tty = sys.stderr.isatty()
 
-    async def spin() -> None:
+    async def show() -> None:
+        if not tty:
+            await asyncio.sleep(PROGRESS_DELAY)
+            print(f"{label}...", file=sys.stderr, flush=True)
+            return
         for i in range(1 << 62):
             elapsed = time.monotonic() - started
             print(f"\r{SPINNER[i % 4]} {label}... {elapsed:.0f}s", end="", file=sys.stderr)
             sys.stderr.flush()
             await asyncio.sleep(0.2)
 
-    task = asyncio.create_task(spin())
+    task = asyncio.create_task(show())
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+        if tty:
+            print("\r\x1b[K", end="", file=sys.stderr, flush=True)
 
 
 # -- helpers ----------------------------------------------------------------------
