@@ -45,7 +45,7 @@ def log_event(event: RuntimeEvent) -> None:
         "event": event.action,
         "container": event.id[:12],
         "kind": kind,
-        "name": name,
+        "workload": name,  # `name` is taken by LogRecord
         "subject": event.labels.get(LABEL_SUBJECT, ""),
     }
     if event.labels.get(LABEL_GROUP):
@@ -73,7 +73,8 @@ async def follow_events(app: web.Application) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the engine went away: try again later
-            log.debug("container event stream lost: %s", exc)
+            if backoff == 1.0:  # once per outage, not once per retry
+                log.warning("container event stream lost (%s); following again", type(exc).__name__)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF)
 

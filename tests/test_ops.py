@@ -333,3 +333,39 @@ async def test_metrics_count_golem_spawns_failures_and_sockets(
     assert (await other.post(f"/golem/v1/spawn/{webstrate}")).status == 404
     families = _families(await (await other.get("/metrics")).text())
     assert _value(families, "herder_spawns_total", kind="golem", outcome="failed") == 1
+
+
+@pytest.mark.docker
+async def test_one_log_line_per_container_event(client: Any, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="herder.containers")
+    app = client.server.app
+    runtime = app[appkeys.RUNTIME]
+    name = f"evt-{secrets.token_hex(4)}"
+    await asyncio.sleep(0.5)  # the event stream subscribes as the app starts
+    info = await runtime.run_service(
+        ServiceSpec(
+            name=name,
+            image=await ensure_busybox_image(),
+            labels={
+                "herder.managed": "1",
+                "herder.kind": "daemon",
+                "herder.instance": app[appkeys.INSTANCE],
+                "herder.name": "evt",
+                "herder.subject": "events@example.org",
+            },
+            cmd=("sh", "-c", "exit 3"),
+            restart="no",
+        )
+    )
+    try:
+        async with asyncio.timeout(20):
+            while not any(getattr(r, "event", "") == "die" for r in caplog.records):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    finally:
+        await runtime.remove(info.id)
+    records = [r for r in caplog.records if r.name == "herder.containers"]
+    events = [getattr(r, "event", "") for r in records]
+    assert events.count("start") == 1 and events.count("die") == 1
+    die = next(r for r in records if getattr(r, "event", "") == "die")
+    assert getattr(die, "exit_code", None) == 3 and getattr(die, "kind", "") == "daemon"
+    assert "exit=3" in die.getMessage() and "evt" in die.getMessage()
