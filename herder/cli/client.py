@@ -570,9 +570,14 @@ async def golem_action(client: Client, args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def raw_terminal(fd: int) -> Iterator[bool]:
-    """Raw input on a terminal (keys go through as typed, Ctrl-C included);
-    output keeps turning \\n into \\r\\n. Restored on exit. Yields False when
-    `fd` is not a terminal."""
+    """Put a terminal in raw mode for attach; restore it on exit.
+
+    Keys go through one by one as typed (Ctrl-C is sent, not a signal here;
+    Ctrl-] is seen at once). Daemons have no TTY, so nothing echoes on their
+    side and they read lines ending in \\n: the terminal echoes locally, turns
+    Enter into \\n and output's \\n into \\r\\n. Yields False when `fd` is not
+    a terminal (then nothing changes).
+    """
     if not os.isatty(fd):
         yield False
         return
@@ -583,7 +588,9 @@ def raw_terminal(fd: int) -> Iterator[bool]:
     try:
         tty.setraw(fd)
         mode = termios.tcgetattr(fd)
+        mode[0] |= termios.ICRNL
         mode[1] |= termios.OPOST | termios.ONLCR
+        mode[3] |= termios.ECHO
         termios.tcsetattr(fd, termios.TCSANOW, mode)
         yield True
     finally:
