@@ -16,6 +16,7 @@ from aiohttp import web
 from . import appkeys
 from .daemon_exec import find_daemon
 from .errors import BadRequest
+from .runtime.base import OutputChunk
 from .tokens import require_claims
 
 MAX_TAIL = 100_000
@@ -38,7 +39,7 @@ async def daemon_logs(request: web.Request) -> web.StreamResponse:
     follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
     daemon = await find_daemon(request.app, claims.sub, request.match_info["name"])
     chunks = cast(
-        AsyncGenerator[bytes, None],
+        AsyncGenerator[OutputChunk, None],
         request.app[appkeys.RUNTIME].logs(daemon.id, tail=tail, follow=follow),
     )
     async with contextlib.aclosing(chunks):
@@ -52,8 +53,8 @@ async def daemon_logs(request: web.Request) -> web.StreamResponse:
         response.enable_chunked_encoding()
         await response.prepare(request)
         if first is not None:
-            await response.write(first)
+            await response.write(first.data)
         async for chunk in chunks:
-            await response.write(chunk)
+            await response.write(chunk.data)
         await response.write_eof()
     return response

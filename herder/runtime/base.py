@@ -88,6 +88,14 @@ class RuntimeEvent:
 
 
 @dataclass(frozen=True)
+class OutputChunk:
+    """A piece of a container's output: `stream` 1 is stdout, 2 is stderr."""
+
+    stream: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class ExecResult:
     """What one command run in a container gave back (see `Runtime.exec`)."""
 
@@ -145,8 +153,8 @@ class Runtime(Protocol):
 
     def logs(
         self, ref: str, *, tail: int | None = None, follow: bool = False
-    ) -> AsyncIterator[bytes]:
-        """A container's stdout and stderr as raw chunks, interleaved as written.
+    ) -> AsyncIterator[OutputChunk]:
+        """A container's recorded output, oldest first, stdout and stderr apart.
 
         Called by `GET /daemon/v1/logs/{name}`. `tail` keeps the last lines
         only (None: all); `follow` keeps the stream open until the container

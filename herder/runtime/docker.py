@@ -12,7 +12,14 @@ import aiodocker
 import aiohttp
 
 from ..errors import Conflict, ImageNotFound, NotFound
-from .base import ContainerInfo, ExecResult, RuntimeEvent, RuntimeUnavailable, ServiceSpec
+from .base import (
+    ContainerInfo,
+    ExecResult,
+    OutputChunk,
+    RuntimeEvent,
+    RuntimeUnavailable,
+    ServiceSpec,
+)
 from .tarball import files_tar
 
 
@@ -183,7 +190,7 @@ class DockerRuntime:
 
     async def logs(
         self, ref: str, *, tail: int | None = None, follow: bool = False
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[OutputChunk]:
         info = await self.inspect(ref)
         if info is None:
             raise NotFound("no such container")
@@ -201,10 +208,10 @@ class DockerRuntime:
             ) as response:
                 try:
                     if tty:
-                        async for chunk in response.content.iter_any():
-                            yield chunk
+                        async for data in response.content.iter_any():
+                            yield OutputChunk(1, data)
                     else:
-                        async for _stream, chunk in _demultiplex(response.content):
+                        async for chunk in _demultiplex(response.content):
                             yield chunk
                 finally:
                     response.close()
@@ -261,7 +268,7 @@ class DockerRuntime:
         )
 
 
-async def _demultiplex(content: aiohttp.StreamReader) -> AsyncIterator[tuple[int, bytes]]:
+async def _demultiplex(content: aiohttp.StreamReader) -> AsyncIterator[OutputChunk]:
     """Docker's multiplexed stream (no TTY): 8-byte headers, stream id and length."""
     while True:
         try:
@@ -274,7 +281,9 @@ async def _demultiplex(content: aiohttp.StreamReader) -> AsyncIterator[tuple[int
         except asyncio.IncompleteReadError as exc:
             data = exc.partial
         if data:
-            yield header[0], data
+            yield OutputChunk(header[0], data)
+        if len(data) < size:
+            return
 
 
 def _service_config(spec: ServiceSpec) -> dict[str, Any]:
