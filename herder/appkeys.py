@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .ledger import Ledger
+    from .minions import Minions
     from .runtime import Runtime
     from .settings import Settings
     from .tokens import TokenService
@@ -17,3 +18,4 @@ LEDGER: web.AppKey[Ledger] = web.AppKey("ledger")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 INSTANCE: web.AppKey[str] = web.AppKey("instance")
+MINIONS: web.AppKey[Minions] = web.AppKey("minions")
