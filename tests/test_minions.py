@@ -612,3 +612,29 @@ async def test_cancelled_run_still_removes_its_container(tmp_path: Path) -> None
         assert await runtime.list(labels) == []
     finally:
         await runtime.close()
+
+
+@docker
+async def test_output_file_over_its_limit_is_not_copied() -> None:
+    runtime = DockerRuntime("unix:///var/run/docker.sock")
+    labels = {
+        "herder.managed": "1",
+        "herder.kind": "minion",
+        "herder.instance": INSTANCE_PREFIX + "big",
+    }
+    try:
+        result = await runtime.run_once(
+            RunSpec(
+                image=PYTHON,
+                files={
+                    "main.sh": b"head -c 5000 /dev/zero > big.bin; head -c 10 /dev/zero > ok.bin"
+                },
+                labels=labels,
+                output_file="big.bin",
+                output_file_limit=1000,
+            )
+        )
+        assert result.output is None and result.exit_code == 0
+        assert result.output_note is not None and "larger than 1000 bytes" in result.output_note
+    finally:
+        await runtime.close()

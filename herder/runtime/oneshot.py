@@ -191,6 +191,7 @@ async def copy_out(
             chunks.append(chunk)
             size += len(chunk)
             if size > limit + (1 << 16):  # a tar adds headers and padding only
+                response.close()  # aiodocker's `_query` does not release it for us
                 return None, f"output file {name!r} is larger than {limit} bytes; not returned"
     data = await asyncio.to_thread(_single_regular_file, b"".join(chunks), parts[-1], limit)
     if data is None:
