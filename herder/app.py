@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import appkeys, health, minions, tokens
+from . import appkeys, golems, health, minions, relay, tokens
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
 from .runtime import DockerRuntime
@@ -93,6 +93,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(health.routes)
     app.router.add_routes(tokens.routes)
     app.router.add_routes(minions.routes)
+    app[appkeys.RELAY] = relay.Relay(settings.golem_wait)
+    app.on_shutdown.append(relay.on_shutdown)
+    app.router.add_routes(relay.routes)
+    app.cleanup_ctx.append(golems.golems_context)
+    app.router.add_routes(golems.routes)
     return app
 
 

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .golems import Golems
     from .ledger import Ledger
     from .minions import Minions
+    from .relay import Relay
     from .runtime import Runtime
     from .settings import Settings
     from .tokens import TokenService
@@ -19,3 +21,5 @@ RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 INSTANCE: web.AppKey[str] = web.AppKey("instance")
 MINIONS: web.AppKey[Minions] = web.AppKey("minions")
+RELAY: web.AppKey[Relay] = web.AppKey("relay")
+GOLEMS: web.AppKey[Golems] = web.AppKey("golems")

@@ -176,12 +176,15 @@ class DockerRuntime:
             async with self.docker._query(
                 "events", method="GET", params={"filters": json.dumps(filters)}, timeout=timeout
             ) as response:
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    event = _event_from(json.loads(line))
-                    if event is not None and _has_labels_raw(event.labels, labels):
-                        yield event
+                try:
+                    async for line in response.content:
+                        if not line.strip():
+                            continue
+                        event = _event_from(json.loads(line))
+                        if event is not None and _has_labels_raw(event.labels, labels):
+                            yield event
+                finally:
+                    response.close()  # aiodocker's _query leaves releasing to the caller
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
             raise RuntimeUnavailable("lost the Docker event stream") from exc
 
