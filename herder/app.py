@@ -10,7 +10,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import appkeys, daemon_exec, eventlog, golems, health, logs, metrics, node, relay, tokens
+from . import (
+    appkeys,
+    daemon_exec,
+    eventlog,
+    golems,
+    health,
+    logs,
+    metrics,
+    minions,
+    node,
+    relay,
+    tokens,
+)
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
 from .logfmt import REQUEST_ID
@@ -124,6 +136,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_send_request_id)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_runtime)
+    app.cleanup_ctx.append(minions.minions_ctx)
     app.cleanup_ctx.append(eventlog.container_event_log)
     app.router.add_routes(health.routes)
     app.router.add_routes(metrics.routes)
@@ -131,6 +144,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(logs.routes)
     app.router.add_routes(daemon_exec.routes)
     app.router.add_routes(tokens.routes)
+    app.router.add_routes(minions.routes)
     app[appkeys.RELAY] = relay.Relay(settings.golem_wait)
     app.on_shutdown.append(relay.on_shutdown)
     app.router.add_routes(relay.routes)

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .golems import Golems
     from .ledger import Ledger
     from .metrics import Metrics
+    from .minions import Minions
     from .relay import Relay
     from .runtime import Runtime
     from .settings import Settings
@@ -22,5 +23,6 @@ TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 INSTANCE: web.AppKey[str] = web.AppKey("instance")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+MINIONS: web.AppKey[Minions] = web.AppKey("minions")
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
 GOLEMS: web.AppKey[Golems] = web.AppKey("golems")

@@ -79,7 +79,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "HERDER_PORT": str(port),
             "HERDER_LOG_FORMAT": "json",
             "HERDER_MINION_TIMEOUT": "20",
-            "HERDER_IMAGES": json.dumps({"busybox": BUSYBOX_IMAGE}),
             "HERDER_GOLEM_IMAGE": BUSYBOX_IMAGE,
             "HERDER_WEBSTRATES_URL": "http://127.0.0.1:9",
         }
@@ -215,3 +214,31 @@ def test_golem_spawn_ls_kill(served: Served) -> None:
     assert "404" in line
     line = _one_error_line(served.herder("golem", "spawn", "bad id!"))
     assert "400" in line
+
+
+def test_minion_run(served: Served, tmp_path: Path) -> None:
+    token = served.token()
+    script = tmp_path / "main.sh"
+    script.write_text(
+        "echo to stdout; echo to stderr >&2; python3 -c 'print(6*7)' > answer.txt; exit 5\n"
+    )
+    result = served.herder("minion", "run", "python", "-f", f"main.sh=@{script}", token=token)
+    assert result.returncode == 5, result.stderr
+    assert result.stdout == "to stdout\n" and result.stderr == "to stderr\n"
+    result = served.herder(
+        "minion", "run", "python", "-f", f"main.sh=@{script}", "--output", "answer.txt",
+        token=token,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "42\n"
+    saved = tmp_path / "saved.txt"
+    result = served.herder(
+        "minion", "run", "python", "-f", f"main.sh=@{script}", "--output", "answer.txt",
+        "-O", str(saved), token=token,
+    )  # fmt: skip
+    assert result.returncode == 0 and saved.read_text() == "42\n"
+    line = _one_error_line(
+        served.herder("minion", "run", "cobol", "-f", f"main.sh=@{script}", token=token)
+    )
+    assert "400" in line and "python" in line  # lists the known environments
+    line = _one_error_line(served.herder("minion", "run", "python", "-f", "main.sh=@/nonexistent"))
+    assert "/nonexistent" in line

@@ -369,3 +369,27 @@ async def test_one_log_line_per_container_event(client: Any, caplog: Any) -> Non
     die = next(r for r in records if getattr(r, "event", "") == "die")
     assert getattr(die, "exit_code", None) == 3 and getattr(die, "kind", "") == "daemon"
     assert "exit=3" in die.getMessage() and "evt" in die.getMessage()
+
+
+@pytest.mark.docker
+async def test_metrics_move_after_a_minion_spawn(client: Any, token: str) -> None:
+    families = _families(await (await client.get("/metrics")).text())
+    assert _value(families, "herder_spawns_total", kind="minion", outcome="ok") == 0
+    resp = await client.post(
+        "/minion/v1/spawn",
+        data={"env": "python", "main.sh": "echo hello"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["StdOut"] == "hello\n"
+    resp = await client.post(
+        "/minion/v1/spawn",
+        data={"env": "python", "main.sh": "echo hello"},
+        headers={"Authorization": "Bearer nope"},
+    )
+    assert resp.status == 401
+    families = _families(await (await client.get("/metrics")).text())
+    assert _value(families, "herder_spawns_total", kind="minion", outcome="ok") == 1
+    assert _value(families, "herder_spawns_total", kind="minion", outcome="failed") == 0
+    assert _value(families, "herder_run_seconds_count", kind="minion") == 1
+    assert _value(families, "herder_credits_charged_total") >= 1

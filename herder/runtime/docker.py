@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiodocker
 import aiohttp
+from aiodocker.containers import DockerContainer
+from aiodocker.stream import Stream
 
 from ..errors import Conflict, ImageNotFound, NotFound
+from . import oneshot
 from .base import (
     ContainerInfo,
     ExecResult,
     OutputChunk,
+    RunResult,
+    RunSpec,
     RuntimeEvent,
     RuntimeUnavailable,
     ServiceSpec,
 )
 from .tarball import files_tar
+
+log = logging.getLogger("herder.runtime")
+
+# Seconds to wait, after a run ends, for the last frames of its output.
+_DRAIN_GRACE = 5.0
 
 
 class DockerRuntime:
@@ -267,6 +278,93 @@ class DockerRuntime:
             seconds=round(time.monotonic() - started, 3),
         )
 
+    async def run_once(self, spec: RunSpec) -> RunResult:
+        archive = await asyncio.to_thread(files_tar, spec.files, uid=spec.uid, gid=spec.gid)
+        try:
+            container = await self.docker.containers.create(oneshot.run_config(spec))
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ImageNotFound(f"image {spec.image!r} is not available locally") from None
+            raise RuntimeUnavailable("Docker Engine refused to create the container") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable("Docker Engine not answering") from exc
+        stream = oneshot.attach_stream(self.docker, container.id)
+        try:
+            return await self._run_created(container, stream, archive, spec)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable("Docker Engine failed during the run") from exc
+        finally:
+            # Shielded: a cancelled request still removes its container.
+            await asyncio.shield(self._discard_run(container.id, stream))
+
+    async def _run_created(
+        self, container: DockerContainer, stream: Stream, archive: bytes, spec: RunSpec
+    ) -> RunResult:
+        # Copy the files in while the attach stream opens: both before start.
+        put = asyncio.ensure_future(container.put_archive(spec.workdir, archive))
+        try:
+            await stream.__aenter__()
+        except BaseException:
+            put.cancel()
+            await asyncio.gather(put, return_exceptions=True)
+            raise
+        await put
+        stdout = oneshot.CappedBuffer(spec.output_limit)
+        stderr = oneshot.CappedBuffer(spec.output_limit)
+        reader = asyncio.create_task(oneshot.capture(stream, stdout, stderr))
+        exit_code: int | None = None
+        timed_out = False
+        try:
+            started = time.monotonic()
+            await container.start()
+            try:
+                async with asyncio.timeout(spec.timeout):
+                    status = await container.wait()
+                exit_code = int(status.get("StatusCode", -1))
+            except TimeoutError:
+                timed_out = True
+                await _kill_quietly(container)
+            duration = time.monotonic() - started
+            # The stream ends when the container does; a little grace for the
+            # last frames, then whatever arrived is the output.
+            await asyncio.wait({reader}, timeout=_DRAIN_GRACE)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        oom_killed = False
+        if exit_code == 137:  # a SIGKILL we did not send: ask the engine why
+            state = (await container.show()).get("State") or {}
+            oom_killed = bool(state.get("OOMKilled"))
+        output: bytes | None = None
+        note: str | None = None
+        if spec.output_file is not None:
+            output, note = await oneshot.copy_out(
+                self.docker, container.id, spec.workdir, spec.output_file, spec.output_file_limit
+            )
+        return RunResult(
+            stdout=stdout.value(),
+            stderr=stderr.value(),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            exit_code=exit_code,
+            duration=duration,
+            timed_out=timed_out,
+            oom_killed=oom_killed,
+            output=output,
+            output_note=note,
+        )
+
+    async def _discard_run(self, container_id: str, stream: Stream) -> None:
+        try:
+            await stream.close()
+        except Exception:  # the stream is done with either way
+            log.debug("closing the attach stream of %s failed", container_id, exc_info=True)
+        try:
+            await self.remove(container_id, volumes=True)
+        except Exception:
+            # Left for the start-up sweep of this instance's minions.
+            log.warning("could not remove minion container %s", container_id, exc_info=True)
+
 
 async def _demultiplex(content: aiohttp.StreamReader) -> AsyncIterator[OutputChunk]:
     """Docker's multiplexed stream (no TTY): 8-byte headers, stream id and length."""
@@ -284,6 +382,7 @@ async def _demultiplex(content: aiohttp.StreamReader) -> AsyncIterator[OutputChu
             yield OutputChunk(header[0], data)
         if len(data) < size:
             return
+    # -- one-shot runs (minions) -----------------------------------------------
 
 
 def _service_config(spec: ServiceSpec) -> dict[str, Any]:
@@ -400,3 +499,11 @@ def _from_inspect(data: dict[str, Any]) -> ContainerInfo:
         created=data.get("Created", ""),
         raw=data,
     )
+
+
+async def _kill_quietly(container: DockerContainer) -> None:
+    try:
+        await container.kill()
+    except aiodocker.DockerError as exc:
+        if exc.status not in (404, 409):  # gone or already stopped: done
+            raise
