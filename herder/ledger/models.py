@@ -94,4 +94,6 @@ class Workload(Base):
         Index("ix_workloads_running", "instance", "state"),
         Index("ix_workloads_subject", "subject", "kind", "state"),
         Index("ix_workloads_container", "instance", "container_name"),
+        Index("ix_workloads_container_id", "instance", "container_id"),
+        Index("ix_workloads_charge", "charge_id"),
     )

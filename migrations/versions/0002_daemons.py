@@ -1,0 +1,30 @@
+"""daemons: registry indexes for metering and reconciliation
+
+The metering tick joins workloads to their open charge row (`charge_id`);
+the reconciler and the event watcher look rows up by container id.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-22
+"""
+
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("workloads", schema=None) as batch_op:
+        batch_op.create_index("ix_workloads_charge", ["charge_id"], unique=False)
+        batch_op.create_index(
+            "ix_workloads_container_id", ["instance", "container_id"], unique=False
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("workloads", schema=None) as batch_op:
+        batch_op.drop_index("ix_workloads_container_id")
+        batch_op.drop_index("ix_workloads_charge")
