@@ -33,11 +33,8 @@ from .ledger import Ledger, Workload
 from .runtime import ContainerInfo, Runtime
 from .runtime.base import (
     LABEL_INSTANCE,
-    LABEL_JTI,
     LABEL_KIND,
     LABEL_MANAGED,
-    LABEL_NAME,
-    LABEL_SUBJECT,
     RuntimeEvent,
 )
 from .settings import Settings
@@ -103,7 +100,8 @@ class Reconciler:
                     if await self.resume(container):
                         report.resumed.append(container.name)
                 continue
-            if _created(container) < self.started_at:
+            exact = await self.runtime.inspect(container.id)
+            if exact is not None and 0 < exact.created_at < self.started_at:
                 log.warning(
                     "removing unknown herder container %s (%s)", container.name, container_kind
                 )
@@ -148,26 +146,23 @@ class Reconciler:
         previous = await self.ledger.last_workload(self.instance, container.id)
         if previous is None:
             return False  # not registered yet: its spawn will
-        subject = container.labels.get(LABEL_SUBJECT, previous.subject)
-        if (await self.ledger.balance(subject)).remaining <= 0:
-            log.info("daemon %s restarted but %s has no credits: stopping", container.name, subject)
+        if (await self.ledger.balance(previous.subject)).remaining <= 0:
+            log.info(
+                "daemon %s runs again but %s has no credits: stopping",
+                container.name,
+                previous.subject,
+            )
             await self.runtime.stop(container.id)
             return False
-        await self.ledger.register_workload(
-            instance=self.instance,
-            kind="daemon",
-            subject=subject,
-            jti=container.labels.get(LABEL_JTI, previous.jti),
-            name=container.labels.get(LABEL_NAME, previous.name),
-            container_name=container.name,
-            container_id=container.id,
-            image=previous.image,
+        resumed = await self.ledger.resume_workload(
+            self.instance,
+            container.id,
             address=container.address,
             ports=_ports_like(previous, container),
-            metered=previous.metered,
         )
-        log.info("daemon %s runs again: metering it", container.name)
-        return True
+        if resumed is not None:
+            log.info("daemon %s runs again: metering it", container.name)
+        return resumed is not None
 
     async def handle(self, event: RuntimeEvent) -> None:
         """Apply one container event of this herder's daemons."""
@@ -211,13 +206,6 @@ class Reconciler:
                 log.exception("reconciler failed; retrying in %.0f s", backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
-
-
-def _created(container: ContainerInfo) -> float:
-    try:
-        return float(container.created)
-    except ValueError:
-        return float("inf")  # unknown age: never taken for a leftover
 
 
 def _ports_like(row: Workload, container: ContainerInfo) -> dict[str, int]:

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -96,4 +107,12 @@ class Workload(Base):
         Index("ix_workloads_container", "instance", "container_name"),
         Index("ix_workloads_container_id", "instance", "container_id"),
         Index("ix_workloads_charge", "charge_id"),
+        Index(
+            "ux_workloads_open_run",
+            "instance",
+            "container_id",
+            unique=True,
+            sqlite_where=text("state = 'running'"),
+            postgresql_where=text("state = 'running'"),
+        ),
     )

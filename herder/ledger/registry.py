@@ -95,46 +95,113 @@ class WorkloadRegistry:
         Called as soon as the container runs. Metering starts at `started_at`
         (default now): the next tick charges from there.
         """
-        started = int(time.time()) if started_at is None else started_at
         async with self.write() as conn:
             await self._lock_registry(conn)
-            charge_id = (
-                await conn.execute(
-                    insert(Charge)
-                    .values(
-                        subject=subject,
-                        jti=jti,
-                        kind=kind,
-                        workload=container_name,
-                        seconds=0,
-                        credits=0,
-                    )
-                    .returning(Charge.id)
-                )
-            ).scalar_one()
+            return await self._open_run(
+                conn,
+                instance=instance,
+                kind=kind,
+                subject=subject,
+                jti=jti,
+                name=name,
+                container_name=container_name,
+                container_id=container_id,
+                image=image,
+                address=address,
+                ports=ports,
+                metered=metered,
+                started_at=started_at,
+            )
+
+    async def resume_workload(
+        self, instance: str, container_id: str, *, address: str, ports: dict[str, int]
+    ) -> Workload | None:
+        """Open a new run for a container whose last run is closed (Docker
+        restarted it). None when it has an open run or was never registered."""
+        async with self.write() as conn:
+            await self._lock_registry(conn)
             row = (
                 await conn.execute(
-                    insert(Workload)
-                    .values(
-                        instance=instance,
-                        kind=kind,
-                        subject=subject,
-                        jti=jti,
-                        name=name,
-                        container_name=container_name,
-                        container_id=container_id,
-                        image=image,
-                        address=address,
-                        ports=ports_json(ports),
-                        state=RUNNING,
-                        metered=metered,
-                        started_at=started,
-                        metered_until=started,
-                        charge_id=charge_id,
-                    )
-                    .returning(*Workload.__table__.columns)
+                    select(Workload.__table__)
+                    .where(Workload.instance == instance, Workload.container_id == container_id)
+                    .order_by(Workload.id.desc())
+                    .limit(1)
                 )
-            ).one()
+            ).first()
+            if row is None or row.state == RUNNING:
+                return None
+            last = _workload(row)
+            return await self._open_run(
+                conn,
+                instance=instance,
+                kind=last.kind,
+                subject=last.subject,
+                jti=last.jti,
+                name=last.name,
+                container_name=last.container_name,
+                container_id=container_id,
+                image=last.image,
+                address=address,
+                ports=ports,
+                metered=last.metered,
+                started_at=None,
+            )
+
+    async def _open_run(
+        self,
+        conn: AsyncConnection,
+        *,
+        instance: str,
+        kind: str,
+        subject: str,
+        jti: str,
+        name: str,
+        container_name: str,
+        container_id: str,
+        image: str,
+        address: str,
+        ports: dict[str, int],
+        metered: bool,
+        started_at: int | None,
+    ) -> Workload:
+        started = int(time.time()) if started_at is None else started_at
+        charge_id = (
+            await conn.execute(
+                insert(Charge)
+                .values(
+                    subject=subject,
+                    jti=jti,
+                    kind=kind,
+                    workload=container_name,
+                    seconds=0,
+                    credits=0,
+                )
+                .returning(Charge.id)
+            )
+        ).scalar_one()
+        row = (
+            await conn.execute(
+                insert(Workload)
+                .values(
+                    instance=instance,
+                    kind=kind,
+                    subject=subject,
+                    jti=jti,
+                    name=name,
+                    container_name=container_name,
+                    container_id=container_id,
+                    image=image,
+                    address=address,
+                    ports=ports_json(ports),
+                    state=RUNNING,
+                    metered=metered,
+                    started_at=started,
+                    metered_until=started,
+                    charge_id=charge_id,
+                )
+                .returning(*Workload.__table__.columns)
+            )
+        ).one()
         return _workload(row)
 
     async def close_workload(

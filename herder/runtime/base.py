@@ -40,6 +40,7 @@ class ContainerInfo:
     ports: dict[str, int] = field(default_factory=dict)  # container port -> host port
     address: str = ""
     created: str = ""
+    created_at: float = 0.0  # epoch seconds (to the second from `list`, exact from `inspect`)
     finished_at: float = 0.0  # epoch seconds the container last stopped (inspect only)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

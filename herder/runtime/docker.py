@@ -276,6 +276,7 @@ def _from_list_entry(data: dict[str, Any]) -> ContainerInfo:
         ports=ports,
         address=address,
         created=str(data.get("Created", "")),
+        created_at=float(data.get("Created") or 0),
         raw=data,
     )
 
@@ -299,6 +300,7 @@ def _from_inspect(data: dict[str, Any]) -> ContainerInfo:
         ports=ports,
         address=address,
         created=data.get("Created", ""),
+        created_at=_docker_time(data.get("Created", "")),
         finished_at=_docker_time(state.get("FinishedAt", "")),
         raw=data,
     )
