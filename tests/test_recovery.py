@@ -116,7 +116,9 @@ async def test_sigkill_restart_resumes_metering_and_charges_downtime_once(
 
     before_spawn = time.time()
     async with session.post(
-        herder.url + "/daemon/v1/spawn", data={"name": "survivor", "image": image}, headers=auth(token)
+        herder.url + "/daemon/v1/spawn",
+        data={"name": "survivor", "image": image},
+        headers=auth(token),
     ) as resp:
         assert resp.status == 200, await resp.text()
         name = (await resp.json())["Name"]

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import migrate
 from .engine import make_engines
-from .models import Account, Charge, Grant, Revocation, Workload
+from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
 from .registry import TickResult, WorkloadRegistry
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Account",
     "Charge",
     "Grant",
+    "MeterPosition",
     "Revocation",
     "TickResult",
     "Workload",

@@ -75,8 +75,10 @@ class Workload(Base):
     """The registry of workloads the herder started (desired state).
 
     A row is written as soon as the container exists and closed (`state`
-    'stopped', `stopped_at`) when it is gone. `metered_until` is the epoch
-    second up to which the workload has been charged.
+    'stopped', `stopped_at`) when it is gone. A running row has been charged
+    up to the later of `metered_until` (its start, or a clock-step shift) and
+    its instance's `meter_positions.metered_until`; a closed row up to
+    `metered_until`. `charge_id` is the run's charge row.
     """
 
     __tablename__ = "workloads"
@@ -116,3 +118,13 @@ class Workload(Base):
             postgresql_where=text("state = 'running'"),
         ),
     )
+
+
+class MeterPosition(Base):
+    """Up to when the metering loop of one herder instance has charged its
+    running workloads (a run is charged up to the later of this and its own
+    `workloads.metered_until`)."""
+
+    __tablename__ = "meter_positions"
+    instance: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metered_until: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -5,9 +5,15 @@ A running workload is one `workloads` row (state 'running') plus one open
 credits of that run. Each metering tick moves, in one transaction and with a
 fixed number of set-based statements whatever the number of workloads:
 
-- every open charge row by the seconds since its workload's `metered_until`,
-- every subject's `accounts.charged` by the sum of its workloads' seconds,
-- every workload's `metered_until` to the tick's time.
+- every open charge row by the seconds since its run was last metered,
+- every subject's `accounts.charged` by the sum of its runs' seconds,
+- the instance's meter position (`meter_positions.metered_until`) to the tick's time.
+
+A running run has been charged up to `max(workloads.metered_until,
+meter_positions.metered_until)`: its own start until the first tick, the
+instance's position after that (ticks do not rewrite every workload row,
+which at 10,000 workloads would be most of a tick's cost); closing a run
+writes its final position into `workloads.metered_until`.
 
 So a subject's balance (`granted - charged`) always equals its grants minus
 its charges, a tick that comes late charges the seconds it missed, and a
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, and_, case, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .models import Account, Charge, Workload
+from .models import Account, Charge, MeterPosition, Workload
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -42,6 +48,14 @@ class TickResult:
 
     workloads: int  # workloads charged
     exhausted: list[Workload]  # running daemons whose subject is at or below zero
+
+
+def _metered_until(position: int) -> ColumnElement[int]:
+    """A running run is charged up to the later of its own `metered_until`
+    and its instance's meter position."""
+    return case(
+        (Workload.metered_until > position, Workload.metered_until), else_=literal(position)
+    )
 
 
 def _workload(row: Any) -> Workload:
@@ -71,6 +85,22 @@ class WorkloadRegistry:
     async def _lock_registry(self, conn: AsyncConnection) -> None:
         if self.dialect == "postgresql":
             await conn.execute(text("LOCK TABLE workloads IN SHARE ROW EXCLUSIVE MODE"))
+
+    async def _position(self, conn: AsyncConnection, instance: str) -> int:
+        value = (
+            await conn.execute(
+                select(MeterPosition.metered_until).where(MeterPosition.instance == instance)
+            )
+        ).scalar_one_or_none()
+        return int(value or 0)
+
+    async def _set_position(self, conn: AsyncConnection, instance: str, value: int) -> None:
+        stmt = self.insert(MeterPosition).values(instance=instance, metered_until=value)
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["instance"], set_={"metered_until": stmt.excluded.metered_until}
+            )
+        )
 
     # -- writes ---------------------------------------------------------------
 
@@ -224,8 +254,9 @@ class WorkloadRegistry:
             if row is None:
                 return None
             workload = _workload(row)
-            end = max(workload.metered_until, end_wanted)
-            seconds = end - workload.metered_until
+            since = max(workload.metered_until, await self._position(conn, instance))
+            end = max(since, end_wanted)
+            seconds = end - since
             if seconds > 0 and workload.metered and workload.charge_id is not None:
                 await conn.execute(
                     update(Charge)
@@ -273,54 +304,60 @@ class WorkloadRegistry:
             Workload.metered.is_(True),
             Workload.charge_id.is_not(None),
         )
-        due = and_(running, Workload.metered_until < now)
-        seconds: ColumnElement[int] = literal(now) - Workload.metered_until
-        if cap is not None:
-            seconds = case((seconds > cap, literal(cap)), else_=seconds)
         async with self.write() as conn:
             await self._lock_registry(conn)
+            position = await self._position(conn, instance)
             if step:
+                # A rare event: every run's own position moves with the clock.
                 shifted = Workload.metered_until + step
                 await conn.execute(
                     update(Workload)
                     .where(running)
                     .values(metered_until=case((shifted > now, literal(now)), else_=shifted))
                 )
+                position = min(position + step, now)
+            since = _metered_until(position)
+            seconds: ColumnElement[int] = literal(now) - since
+            if cap is not None:
+                seconds = case((seconds > cap, literal(cap)), else_=seconds)
+            due = and_(running, since < now)
             per_run = select(Workload.charge_id, seconds.label("seconds")).where(due).subquery()
-            await conn.execute(
-                update(Charge)
-                .where(Charge.id == per_run.c.charge_id)
-                .values(
-                    seconds=Charge.seconds + per_run.c.seconds,
-                    credits=Charge.credits + per_run.c.seconds * rate,
+            charged = (
+                await conn.execute(
+                    update(Charge)
+                    .where(Charge.id == per_run.c.charge_id)
+                    .values(
+                        seconds=Charge.seconds + per_run.c.seconds,
+                        credits=Charge.credits + per_run.c.seconds * rate,
+                    )
                 )
-            )
+            ).rowcount
             per_subject = (
                 select(Workload.subject, func.sum(seconds).label("seconds"))
                 .where(due)
                 .group_by(Workload.subject)
                 .subquery()
             )
-            await conn.execute(
+            balances = await conn.execute(
                 update(Account)
                 .where(Account.subject == per_subject.c.subject)
                 .values(charged=Account.charged + per_subject.c.seconds * rate)
+                .returning(Account.subject, Account.granted - Account.charged)
             )
-            charged = (
-                await conn.execute(update(Workload).where(due).values(metered_until=now))
-            ).rowcount
-            exhausted = (
-                await conn.execute(
-                    select(Workload.__table__)
-                    .join(Account, Account.subject == Workload.subject)
-                    .where(
-                        Workload.instance == instance,
-                        Workload.state == RUNNING,
-                        Workload.kind == "daemon",
-                        Account.granted - Account.charged <= 0,
+            broke = [subject for subject, left in balances if left <= 0]
+            await self._set_position(conn, instance, max(position, now))
+            exhausted: list[Any] = []
+            for start in range(0, len(broke), 500):
+                exhausted += (
+                    await conn.execute(
+                        select(Workload.__table__).where(
+                            Workload.instance == instance,
+                            Workload.state == RUNNING,
+                            Workload.kind == "daemon",
+                            Workload.subject.in_(broke[start : start + 500]),
+                        )
                     )
-                )
-            ).all()
+                ).all()
         return TickResult(workloads=int(charged or 0), exhausted=[_workload(r) for r in exhausted])
 
     # -- reads ----------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""daemons: registry indexes for metering and reconciliation
+"""daemons: meter positions, registry indexes for metering and reconciliation
+
+`meter_positions` holds, per herder instance, up to when its running
+workloads have been charged, so a tick writes one row there instead of one
+per workload.
 
 The metering tick joins workloads to their open charge row (`charge_id`);
 the reconciler and the event watcher look rows up by container id, and a
@@ -18,7 +22,22 @@ branch_labels = None
 depends_on = None
 
 
+# The metering tick rewrites every open charge row and charged account
+# each second. On PostgreSQL, free room in each page lets those be HOT updates
+# (no index entries, pruned in place) instead of new tuples in every index.
+HOT_FILLFACTOR = {"charges": 80, "accounts": 70, "meter_positions": 50}
+
+
 def upgrade() -> None:
+    op.create_table(
+        "meter_positions",
+        sa.Column("instance", sa.String(length=64), nullable=False),
+        sa.Column("metered_until", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("instance"),
+    )
+    if op.get_bind().dialect.name == "postgresql":
+        for table, fillfactor in HOT_FILLFACTOR.items():
+            op.execute(f"ALTER TABLE {table} SET (fillfactor = {fillfactor})")
     with op.batch_alter_table("workloads", schema=None) as batch_op:
         batch_op.create_index("ix_workloads_charge", ["charge_id"], unique=False)
         batch_op.create_index(
@@ -35,6 +54,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for table in HOT_FILLFACTOR:
+            op.execute(f"ALTER TABLE {table} RESET (fillfactor)")
+    op.drop_table("meter_positions")
     with op.batch_alter_table("workloads", schema=None) as batch_op:
         batch_op.drop_index("ux_workloads_open_run")
         batch_op.drop_index("ix_workloads_container_id")
