@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .daemons import DaemonService
     from .golems import Golems
     from .ledger import Ledger
+    from .metering import Meter
     from .metrics import Metrics
     from .minions import Minions
+    from .reconcile import Reconciler
     from .relay import Relay
     from .runtime import Runtime
     from .settings import Settings
@@ -26,3 +29,6 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 MINIONS: web.AppKey[Minions] = web.AppKey("minions")
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
 GOLEMS: web.AppKey[Golems] = web.AppKey("golems")
+DAEMONS: web.AppKey[DaemonService] = web.AppKey("daemons")
+METER: web.AppKey[Meter] = web.AppKey("meter")
+RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")

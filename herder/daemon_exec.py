@@ -10,12 +10,12 @@ output and exit code. Time and output are bounded: the herder waits at most
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from aiohttp import web
 
 from . import appkeys
+from .daemons import check_group
 from .errors import BadRequest, Conflict, NotFound
 from .runtime.base import (
     LABEL_GROUP,
@@ -33,16 +33,8 @@ MAX_TIMEOUT = 60.0
 OUTPUT_LIMIT = 64 << 10
 MAX_ARGS = 256
 MAX_ARGS_BYTES = 64 << 10
-GROUP_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 routes = web.RouteTableDef()
-
-
-def check_group(group: str) -> str:
-    """A group name is validated like a daemon name."""
-    if not GROUP_PATTERN.fullmatch(group):
-        raise BadRequest("group must match [a-z0-9][a-z0-9_.-]{0,62}")
-    return group
 
 
 async def caller_daemons(

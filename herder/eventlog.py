@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import cast
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -65,7 +64,7 @@ async def follow_events(app: web.Application) -> None:
     backoff = 1.0
     while True:
         try:
-            stream = cast(AsyncGenerator[RuntimeEvent, None], runtime.events(labels))
+            stream = runtime.events(labels)
             async with contextlib.aclosing(stream) as events:
                 async for event in events:
                     backoff = 1.0

@@ -9,13 +9,13 @@ Modules record what happened through methods named for the event:
     metrics = request.app[appkeys.METRICS]
     metrics.spawned("minion", ok=True)         # a spawn finished (or failed)
     metrics.run_seconds("minion", 1.7)         # a workload ran this long
-    metrics.charged(12)                        # credits charged by the ledger
     metrics.proxied(bytes_in, bytes_out)       # one proxied request
     metrics.websocket_opened("attach") ... metrics.websocket_closed("attach")
 
-Running workloads by kind are not counted by callers: `/metrics` asks the
-runtime at scrape time (containers of this instance that are running), so
-the gauge is right after restarts and crashes.
+Two values are not counted by callers but read at scrape time, so they are
+right after restarts and crashes and whichever code path charged or started
+what: running workloads by kind (the runtime's running containers of this
+instance) and credits charged (the ledger's total of all charges).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from . import appkeys
 
@@ -65,7 +67,10 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self._credits = Counter("herder_credits_charged", "Credits charged to subjects", registry=r)
+        self._credits = _ScrapedCounter(
+            "herder_credits_charged", "Credits charged to subjects (the ledger's total)"
+        )
+        r.register(self._credits)
         self._proxy_requests = Counter(
             "herder_proxy_requests", "Requests through the daemon proxy", registry=r
         )
@@ -108,11 +113,6 @@ class Metrics:
     def run_seconds(self, kind: str, seconds: float) -> None:
         """A workload of `kind` ran `seconds` (a minion's run, a daemon's life)."""
         self._run_seconds.labels(kind).observe(max(0.0, seconds))
-
-    def charged(self, credits: int) -> None:
-        """The ledger charged `credits` (to anyone)."""
-        if credits > 0:
-            self._credits.inc(credits)
 
     def proxied(self, bytes_in: int, bytes_out: int) -> None:
         """One request went through the daemon proxy with these body sizes."""
@@ -163,8 +163,28 @@ class Metrics:
         for kind in set(KINDS) | set(counts):
             self._running.labels(kind).set(counts.get(kind, 0))
 
+    def set_charged(self, total: int | None) -> None:
+        """The ledger's total of credits charged; None when it could not be read."""
+        if total is not None:
+            self._credits.value = float(total)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ScrapedCounter(Collector):
+    """A counter whose value is read from elsewhere (the ledger) at scrape time."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0.0
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, value=self.value)]
 
 
 @routes.get("/metrics")
@@ -178,4 +198,10 @@ async def metrics_route(request: web.Request) -> web.Response:
         log.warning("metrics: the container engine did not answer; running counts not updated")
         counts = None
     metrics.set_running(counts)
+    try:
+        charged: int | None = await request.app[appkeys.LEDGER].total_charged()
+    except Exception:
+        log.warning("metrics: the database did not answer; credits charged not updated")
+        charged = None
+    metrics.set_charged(charged)
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

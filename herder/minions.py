@@ -307,7 +307,6 @@ class Minions:
         self.metrics.run_seconds(KIND, result.duration)
         seconds, credits = credits_for(result.duration, self.settings.credit_rate)
         await self.ledger.charge(claims.sub, claims.jti, KIND, request.env, seconds, credits)
-        self.metrics.charged(credits)
         if result.timed_out:
             raise MinionTimeout(
                 f"minion ran over its {self.settings.minion_timeout:g} s and was killed",

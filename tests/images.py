@@ -79,3 +79,30 @@ async def ensure_busybox_image() -> str:
     async with _lock:
         await asyncio.to_thread(_build)
     return BUSYBOX_IMAGE
+
+
+HTTPD_IMAGE = "herder-test/busybox-httpd:1"
+
+
+def _build_httpd() -> None:
+    if (
+        subprocess.run(["docker", "image", "inspect", HTTPD_IMAGE], capture_output=True).returncode
+        == 0
+    ):
+        return
+    dockerfile = f'FROM {BUSYBOX_IMAGE}\nCMD ["httpd", "-f", "-v", "-p", "80", "-h", "/minion"]\n'
+    subprocess.run(
+        ["docker", "build", "-q", "-t", HTTPD_IMAGE, "-"],
+        input=dockerfile.encode(),
+        check=True,
+        capture_output=True,
+        env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+    )
+
+
+async def ensure_httpd_image() -> str:
+    """A busybox image whose command serves /minion over HTTP on port 80."""
+    await ensure_busybox_image()
+    async with _lock:
+        await asyncio.to_thread(_build_httpd)
+    return HTTPD_IMAGE

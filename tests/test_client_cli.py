@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ from herder.tokens import TokenService
 
 from .conftest import make_settings
 from .images import BUSYBOX_IMAGE
+from .script_image import SCRIPT_IMAGE, ensure_script_image
 
 ROOT = Path(__file__).resolve().parent.parent
 HERDER = [sys.executable, "-m", "herder"]
@@ -67,6 +69,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    asyncio.run(ensure_script_image())
     data_dir = tmp_path_factory.mktemp("served")
     make_settings(data_dir)  # the session's instance id, so the sweep knows its containers
     port = _free_port()
@@ -157,45 +160,67 @@ def test_request_lines_are_json_with_request_id(served: Served) -> None:
     assert mine[0]["path"] == "/healthz" and mine[0]["status"] == 200 and mine[0]["method"] == "GET"
 
 
-def _run_labelled_daemon(served: Served, subject: str, name: str, script: str) -> str:
-    container = f"{name}-{secrets.token_hex(4)}"
-    subprocess.run(
-        [
-            "docker", "run", "-d", "--name", container,
-            "--label", "herder.managed=1", "--label", "herder.kind=daemon",
-            "--label", f"herder.instance={served.instance}",
-            "--label", f"herder.subject={subject}", "--label", f"herder.name={name}",
-            BUSYBOX_IMAGE, "sh", "-c", script,
-        ],
-        check=True, capture_output=True,
+def test_daemon_spawn_ls_logs_exec_kill(served: Served, tmp_path: Path) -> None:
+    token = served.token()
+    script = tmp_path / "run.sh"
+    script.write_text("echo one; echo two; exec httpd -f -p 80 -h /minion\n")
+    (tmp_path / "index.html").write_text("<h1>hi</h1>")
+    result = served.herder(
+        "daemon", "spawn", "chatty", SCRIPT_IMAGE, "-p", "80",
+        "-f", f"run.sh=@{script}", "-f", f"@{tmp_path / 'index.html'}", "--group", "g1",
+        token=token,
     )  # fmt: skip
-    return container
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("chatty-") and "port 80 -> host port" in result.stdout
+    host_port = int(result.stdout.split("host port")[1].split()[0])
+    with urllib.request.urlopen(f"http://127.0.0.1:{host_port}/index.html", timeout=10) as page:
+        assert page.read() == b"<h1>hi</h1>"
+    assert served.herder(
+        "daemon", "spawn", "quiet", SCRIPT_IMAGE, "-f", "run.sh=sleep 600", token=token
+    ).returncode == 0  # fmt: skip
 
+    table = served.herder("daemon", "ls", token=token).stdout.splitlines()
+    assert table[0].split() == ["NAME", "STATE", "STATUS", "IMAGE", "PORTS", "GROUP", "ID"]
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert set(rows) == {"chatty", "quiet"}
+    assert "running" in rows["chatty"] and "g1" in rows["chatty"] and "80->" in rows["chatty"]
+    listed = json.loads(served.herder("daemon", "ls", "--json", token=token).stdout)
+    assert sorted(d["Labels"]["herder.name"] for d in listed) == ["chatty", "quiet"]
+    in_group = json.loads(
+        served.herder("daemon", "ls", "--group", "g1", "--json", token=token).stdout
+    )
+    assert [d["Labels"]["herder.name"] for d in in_group] == ["chatty"]
 
-def test_logs_and_exec(served: Served) -> None:
-    subject = f"logs-{secrets.token_hex(3)}@example.org"
-    token = served.token(subject)
-    container = _run_labelled_daemon(served, subject, "chatty", "echo one; echo two; sleep 600")
-    try:
-        for _ in range(50):
-            result = served.herder("daemon", "logs", "chatty", token=token)
-            if "two" in result.stdout:
-                break
-            time.sleep(0.1)
-        assert result.returncode == 0 and result.stdout == "one\ntwo\n"
-        result = served.herder("daemon", "logs", "chatty", "--tail", "1", token=token)
-        assert result.stdout == "two\n"
+    for _ in range(50):
+        result = served.herder("daemon", "logs", "chatty", token=token)
+        if "two" in result.stdout:
+            break
+        time.sleep(0.1)
+    assert result.returncode == 0 and result.stdout == "one\ntwo\n"
+    assert served.herder("daemon", "logs", "chatty", "--tail", "1", token=token).stdout == "two\n"
 
-        result = served.herder(
-            "daemon", "exec", "chatty", "--", "sh", "-c", "echo out; echo err >&2; exit 4",
-            token=token,
-        )  # fmt: skip
-        assert result.returncode == 4
-        assert result.stdout == "out\n" and result.stderr == "err\n"
-        result = served.herder("daemon", "exec", "chatty", "--json", "--", "true", token=token)
-        assert json.loads(result.stdout)["ExitCode"] == 0
-    finally:
-        subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+    result = served.herder(
+        "daemon", "exec", "chatty", "--", "sh", "-c", "echo out; echo err >&2; exit 4",
+        token=token,
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert result.stdout == "out\n" and result.stderr == "err\n"
+    result = served.herder("daemon", "exec", "chatty", "--json", "--", "true", token=token)
+    assert json.loads(result.stdout)["ExitCode"] == 0
+    result = served.herder(
+        "daemon", "exec", "--group", "g1", "--", "cat", "/minion/index.html", token=token
+    )
+    assert result.returncode == 0 and result.stdout == "== chatty (exit 0)\n<h1>hi</h1>"
+
+    result = served.herder("daemon", "kill", "--group", "g1", token=token)
+    assert result.returncode == 0 and "killed 1 daemon" in result.stdout
+    result = served.herder("daemon", "kill", "quiet", "--wipe", token=token)
+    assert result.returncode == 0 and "killed quiet" in result.stdout
+    assert served.herder("daemon", "ls", "--json", token=token).stdout.strip() == "[]"
+    line = _one_error_line(served.herder("daemon", "kill", "quiet", token=token))
+    assert "404" in line
+    line = _one_error_line(served.herder("daemon", "spawn", "x", "no/such-image:1", token=token))
+    assert "404" in line and "no/such-image" in line
 
 
 def test_golem_spawn_ls_kill(served: Served) -> None:

@@ -1,4 +1,5 @@
-"""Daemon logs and exec, by name and by group, for the owner only."""
+"""Daemon logs, exec and groups, through the real routes: owner only, and a
+group's ls, kill and exec touch that group of the caller and nothing else."""
 
 from __future__ import annotations
 
@@ -8,90 +9,77 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from herder import appkeys
-from herder.runtime.base import ServiceSpec
+from herder.ledger import Workload
 
 from .conftest import auth
-from .images import ensure_busybox_image
+from .script_image import ensure_script_image
 
 pytestmark = pytest.mark.docker
 
-Starter = Callable[..., Awaitable[str]]
+Spawner = Callable[..., Awaitable[dict[str, Any]]]
 
 
 @pytest.fixture
-async def start_daemon(client: Any) -> AsyncIterator[Starter]:
-    """Start a labelled daemon container of the test herder (as a daemon spawn would)."""
+async def spawn(client: Any) -> AsyncIterator[Spawner]:
+    """Spawn daemons running a script, as `POST /daemon/v1/spawn` does; remove them after."""
+    image = await ensure_script_image()
+
+    async def spawn(token: str, name: str, script: str, group: str | None = None) -> Any:
+        form = {"name": name, "image": image, "run.sh": script}
+        if group is not None:
+            form["group"] = group
+        resp = await client.post("/daemon/v1/spawn", data=form, headers=auth(token))
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    yield spawn
     app = client.server.app
     runtime = app[appkeys.RUNTIME]
-    made: list[str] = []
-
-    async def start(subject: str, name: str, script: str, group: str | None = None) -> str:
-        labels = {
-            "herder.managed": "1",
-            "herder.kind": "daemon",
-            "herder.instance": app[appkeys.INSTANCE],
-            "herder.name": name,
-            "herder.subject": subject,
-        }
-        if group:
-            labels["herder.group"] = group
-        info = await runtime.run_service(
-            ServiceSpec(
-                name=f"{name}-{secrets.token_hex(4)}",
-                image=await ensure_busybox_image(),
-                labels=labels,
-                cmd=("sh", "-c", script),
-                restart="no",
-                nano_cpus=200_000_000,
-            )
-        )
-        made.append(info.id)
-        return info.name
-
-    yield start
-    await asyncio.gather(*(runtime.remove(ref, volumes=True) for ref in made))
+    for container in await runtime.list({"herder.instance": app[appkeys.INSTANCE]}):
+        await runtime.remove(container.id, volumes=True)
 
 
 def _subject() -> str:
     return f"ops-{secrets.token_hex(3)}@example.org"
 
 
-async def test_logs_tail_and_owner_only(
-    client: Any, make_token: Any, start_daemon: Starter
-) -> None:
-    me, other = _subject(), _subject()
-    await start_daemon(
-        me, "talker", "for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2; sleep 600"
+async def _logs(client: Any, token: str, name: str, query: str = "") -> str:
+    resp = await client.get(f"/daemon/v1/logs/{name}{query}", headers=auth(token))
+    assert resp.status == 200, await resp.text()
+    assert resp.content_type == "text/plain"
+    return str(await resp.text())
+
+
+async def test_logs_tail_and_owner_only(client: Any, make_token: Any, spawn: Spawner) -> None:
+    token, other = make_token(_subject()), make_token(_subject())
+    # stderr first and apart: Docker orders the two streams by time
+    await spawn(
+        token,
+        "talker",
+        "echo oops >&2; sleep 0.3; for i in 1 2 3 4 5; do echo line$i; done; sleep 600",
     )
-    token = make_token(me)
-    for _ in range(50):
-        resp = await client.get("/daemon/v1/logs/talker", headers=auth(token))
-        assert resp.status == 200
-        text = await resp.text()
-        if "oops" in text:
+    for _ in range(100):
+        text = await _logs(client, token, "talker")
+        if "line5" in text:
             break
         await asyncio.sleep(0.1)
-    assert resp.content_type == "text/plain"
-    assert text.splitlines() == ["line1", "line2", "line3", "line4", "line5", "oops"]
-    resp = await client.get("/daemon/v1/logs/talker?tail=2", headers=auth(token))
-    assert (await resp.text()).splitlines() == ["line5", "oops"]
+    assert text.splitlines() == ["oops", "line1", "line2", "line3", "line4", "line5"]
+    assert (await _logs(client, token, "talker", "?tail=2")).splitlines() == ["line4", "line5"]
 
-    resp = await client.get("/daemon/v1/logs/talker", headers=auth(make_token(other)))
+    resp = await client.get("/daemon/v1/logs/talker", headers=auth(other))
     assert resp.status == 404 and "talker" in (await resp.json())["error"]
-    resp = await client.get("/daemon/v1/logs/talker")
-    assert resp.status == 401
+    assert (await client.get("/daemon/v1/logs/talker")).status == 401
     resp = await client.get("/daemon/v1/logs/talker?tail=lots", headers=auth(token))
     assert resp.status == 400
 
 
-async def test_logs_follow_streams_new_output(
-    client: Any, make_token: Any, start_daemon: Starter
-) -> None:
-    me = _subject()
-    await start_daemon(me, "ticker", "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.2; done")
-    resp = await client.get("/daemon/v1/logs/ticker?follow=1", headers=auth(make_token(me)))
+async def test_logs_follow_streams_new_output(client: Any, make_token: Any, spawn: Spawner) -> None:
+    token = make_token(_subject())
+    await spawn(token, "ticker", "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.2; done")
+    resp = await client.get("/daemon/v1/logs/ticker?follow=1", headers=auth(token))
     assert resp.status == 200
     seen = b""
     async with asyncio.timeout(20):
@@ -101,10 +89,9 @@ async def test_logs_follow_streams_new_output(
     assert seen.startswith(b"tick1\n")
 
 
-async def test_exec_one_and_errors(client: Any, make_token: Any, start_daemon: Starter) -> None:
-    me = _subject()
-    await start_daemon(me, "box", "sleep 600")
-    token = make_token(me)
+async def test_exec_one_and_errors(client: Any, make_token: Any, spawn: Spawner) -> None:
+    token = make_token(_subject())
+    await spawn(token, "box", "sleep 600")
     resp = await client.post(
         "/daemon/v1/exec/box",
         json={"cmd": ["sh", "-c", "echo hello; echo warn >&2; exit 3"]},
@@ -142,18 +129,36 @@ async def test_exec_one_and_errors(client: Any, make_token: Any, start_daemon: S
     assert resp.status == 404
 
 
-async def test_group_exec_reaches_every_member_of_mine_only(
-    client: Any, make_token: Any, start_daemon: Starter
+async def _ls(client: Any, token: str, group: str | None = None) -> list[str]:
+    query = f"?group={group}" if group else ""
+    resp = await client.get(f"/daemon/v1/ls{query}", headers=auth(token))
+    assert resp.status == 200, await resp.text()
+    return sorted(d["Labels"]["herder.name"] for d in await resp.json())
+
+
+async def test_groups_ls_exec_kill_touch_only_that_group_of_the_caller(
+    client: Any, make_token: Any, spawn: Spawner
 ) -> None:
-    me, other = _subject(), _subject()
+    me, other = make_token(_subject()), make_token(_subject())
     for n in ("a", "b", "c"):
-        await start_daemon(me, f"w{n}", "sleep 600", group="workers")
-    await start_daemon(me, "solo", "sleep 600", group="others")
-    await start_daemon(other, "wx", "sleep 600", group="workers")
+        await spawn(me, f"w{n}", "sleep 600", group="workers")
+    await spawn(me, "solo", "sleep 600", group="others")
+    await spawn(me, "loner", "sleep 600")
+    await spawn(other, "wx", "sleep 600", group="workers")
+
+    assert await _ls(client, me, "workers") == ["wa", "wb", "wc"]
+    async with client.server.app[appkeys.LEDGER].read() as conn:
+        rows = (await conn.execute(select(Workload.name, Workload.group_name))).all()
+    assert {(r.name, r.group_name) for r in rows} >= {("wa", "workers"), ("loner", None)}
+    assert await _ls(client, me) == ["loner", "solo", "wa", "wb", "wc"]
+    assert await _ls(client, other, "workers") == ["wx"]
+    listed = await (await client.get("/daemon/v1/ls?group=workers", headers=auth(me))).json()
+    assert {d["Labels"]["herder.group"] for d in listed} == {"workers"}
+
     resp = await client.post(
         "/daemon/v1/exec?group=workers",
         json={"cmd": ["sh", "-c", "echo I am $HOSTNAME"]},
-        headers=auth(make_token(me)),
+        headers=auth(me),
     )
     assert resp.status == 200, await resp.text()
     results = await resp.json()
@@ -161,11 +166,39 @@ async def test_group_exec_reaches_every_member_of_mine_only(
     assert all(r["ExitCode"] == 0 and r["StdOut"].startswith("I am ") for r in results)
     assert len({r["StdOut"] for r in results}) == 3
 
-    resp = await client.post(
-        "/daemon/v1/exec?group=Bad!", json={"cmd": ["true"]}, headers=auth(make_token(me))
-    )
+    resp = await client.post("/daemon/v1/kill?group=workers", headers=auth(me))
+    assert resp.status == 200, await resp.text()
+    assert len((await resp.json())["Killed"]) == 3
+    assert await _ls(client, me) == ["loner", "solo"]
+    assert await _ls(client, other) == ["wx"]
+    resp = await client.post("/daemon/v1/kill?group=workers", headers=auth(me))
+    assert (await resp.json())["Killed"] == []
+
+    for bad in ("/daemon/v1/ls?group=Bad!", "/daemon/v1/kill?group=..x", "/daemon/v1/kill"):
+        resp = (
+            await client.post(bad, headers=auth(me))
+            if "kill" in bad
+            else await client.get(bad, headers=auth(me))
+        )
+        assert resp.status == 400, bad
+    resp = await client.post("/daemon/v1/exec?group=Bad!", json={"cmd": ["true"]}, headers=auth(me))
     assert resp.status == 400
     resp = await client.post(
-        "/daemon/v1/exec?group=nobody", json={"cmd": ["true"]}, headers=auth(make_token(me))
+        "/daemon/v1/exec?group=nobody", json={"cmd": ["true"]}, headers=auth(me)
     )
     assert resp.status == 200 and await resp.json() == []
+    assert await _ls(client, me) == ["loner", "solo"]
+
+
+async def test_bad_group_on_spawn_is_400_and_creates_nothing(
+    client: Any, make_token: Any, spawn: Spawner
+) -> None:
+    token = make_token(_subject())
+    image = await ensure_script_image()
+    resp = await client.post(
+        "/daemon/v1/spawn",
+        data={"name": "g", "image": image, "group": "No Spaces"},
+        headers=auth(token),
+    )
+    assert resp.status == 400 and "group" in (await resp.json())["error"]
+    assert await _ls(client, token) == []

@@ -18,10 +18,10 @@ from herder import appkeys
 from herder.app import create_app
 from herder.logfmt import JsonFormatter, RequestIdFilter
 from herder.node import parse_nvidia_smi
-from herder.runtime.base import ServiceSpec
 
-from .conftest import make_settings
+from .conftest import auth, make_settings
 from .images import ensure_busybox_image
+from .script_image import ensure_script_image
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -158,28 +158,14 @@ def _value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-async def running_daemon(client: Any) -> AsyncIterator[str]:
-    """A container labelled as a running daemon of the test herder."""
-    app = client.server.app
-    runtime = app[appkeys.RUNTIME]
-    name = f"ops-{secrets.token_hex(4)}"
-    info = await runtime.run_service(
-        ServiceSpec(
-            name=name,
-            image=await ensure_busybox_image(),
-            labels={
-                "herder.managed": "1",
-                "herder.kind": "daemon",
-                "herder.instance": app[appkeys.INSTANCE],
-                "herder.name": name,
-                "herder.subject": "ops@example.org",
-            },
-            cmd=("sleep", "600"),
-            restart="no",
-        )
-    )
-    yield info.id
-    await runtime.remove(info.id, volumes=True)
+async def running_daemon(client: Any, token: str) -> AsyncIterator[str]:
+    """A daemon spawned through the API, removed afterwards."""
+    form = {"name": "ops", "image": await ensure_script_image(), "run.sh": "sleep 600"}
+    resp = await client.post("/daemon/v1/spawn", data=form, headers=auth(token))
+    assert resp.status == 200, await resp.text()
+    name = (await resp.json())["Name"]
+    yield name
+    await client.server.app[appkeys.RUNTIME].remove(name, volumes=True)
 
 
 @pytest.mark.docker
@@ -208,7 +194,7 @@ async def test_metrics_parse_and_move(client: Any, running_daemon: str) -> None:
     metrics.spawned("minion", ok=True)
     metrics.spawned("daemon", ok=False)
     metrics.run_seconds("minion", 1.5)
-    metrics.charged(7)
+    await client.server.app[appkeys.LEDGER].charge("m@example.org", "jti-m", "minion", "x", 7, 7)
     metrics.proxied(100, 2000)
     metrics.websocket_opened("attach")
 
@@ -227,9 +213,10 @@ async def test_metrics_parse_and_move(client: Any, running_daemon: str) -> None:
 async def test_metrics_registries_are_per_app(tmp_path: Path, aiohttp_client: Any) -> None:
     one = create_app(make_settings(tmp_path / "one"))
     two = create_app(make_settings(tmp_path / "two"))
-    one[appkeys.METRICS].charged(5)
-    assert b"herder_credits_charged_total 5.0" in one[appkeys.METRICS].exposition()
-    assert b"herder_credits_charged_total 0.0" in two[appkeys.METRICS].exposition()
+    one[appkeys.METRICS].spawned("daemon", ok=False)
+    failed = b'herder_spawns_total{kind="daemon",outcome="failed"}'
+    assert failed + b" 1.0" in one[appkeys.METRICS].exposition()
+    assert failed + b" 0.0" in two[appkeys.METRICS].exposition()
 
 
 async def test_metrics_answer_without_docker(tmp_path: Path, aiohttp_client: Any) -> None:
@@ -336,39 +323,26 @@ async def test_metrics_count_golem_spawns_failures_and_sockets(
 
 
 @pytest.mark.docker
-async def test_one_log_line_per_container_event(client: Any, caplog: Any) -> None:
+async def test_one_log_line_per_container_event(client: Any, token: str, caplog: Any) -> None:
     caplog.set_level(logging.INFO, logger="herder.containers")
-    app = client.server.app
-    runtime = app[appkeys.RUNTIME]
-    name = f"evt-{secrets.token_hex(4)}"
     await asyncio.sleep(0.5)  # the event stream subscribes as the app starts
-    info = await runtime.run_service(
-        ServiceSpec(
-            name=name,
-            image=await ensure_busybox_image(),
-            labels={
-                "herder.managed": "1",
-                "herder.kind": "daemon",
-                "herder.instance": app[appkeys.INSTANCE],
-                "herder.name": "evt",
-                "herder.subject": "events@example.org",
-            },
-            cmd=("sh", "-c", "exit 3"),
-            restart="no",
-        )
-    )
-    try:
-        async with asyncio.timeout(20):
-            while not any(getattr(r, "event", "") == "die" for r in caplog.records):  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
-    finally:
-        await runtime.remove(info.id)
-    records = [r for r in caplog.records if r.name == "herder.containers"]
-    events = [getattr(r, "event", "") for r in records]
-    assert events.count("start") == 1 and events.count("die") == 1
-    die = next(r for r in records if getattr(r, "event", "") == "die")
-    assert getattr(die, "exit_code", None) == 3 and getattr(die, "kind", "") == "daemon"
-    assert "exit=3" in die.getMessage() and "evt" in die.getMessage()
+    form = {"name": "evt", "image": await ensure_script_image(), "run.sh": "sleep 600"}
+    resp = await client.post("/daemon/v1/spawn", data=form, headers=auth(token))
+    assert resp.status == 200, await resp.text()
+    resp = await client.post("/daemon/v1/kill/evt", headers=auth(token))
+    assert resp.status == 200, await resp.text()
+
+    def logged(action: str) -> list[Any]:
+        return [r for r in caplog.records if getattr(r, "event", "") == action]
+
+    async with asyncio.timeout(20):
+        while not logged("destroy"):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    assert len(logged("start")) == 1 and len(logged("die")) == 1
+    die = logged("die")[0]
+    assert getattr(die, "kind", "") == "daemon" and getattr(die, "workload", "") == "evt"
+    assert isinstance(getattr(die, "exit_code", None), int)
+    assert "die daemon evt" in die.getMessage() and "exit=" in die.getMessage()
 
 
 @pytest.mark.docker

@@ -25,9 +25,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import migrate
 from .engine import make_engines
-from .models import Account, Charge, Grant, Revocation, Workload
+from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
+from .registry import TickResult, WorkloadRegistry
 
-__all__ = ["Ledger", "Balance", "Account", "Charge", "Grant", "Revocation", "Workload"]
+__all__ = [
+    "Ledger",
+    "Balance",
+    "Account",
+    "Charge",
+    "Grant",
+    "MeterPosition",
+    "Revocation",
+    "TickResult",
+    "Workload",
+]
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,7 @@ class Balance:
         return self.granted - self.charged
 
 
-class Ledger:
+class Ledger(WorkloadRegistry):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine, self.read_engine = make_engines(url)
@@ -197,6 +208,14 @@ class Ledger:
                 )
             ).scalar_one()
         return Balance(subject, int(granted), int(charged))
+
+    async def total_charged(self) -> int:
+        """Credits charged to all subjects so far (for /metrics)."""
+        async with self.read() as conn:
+            total = (
+                await conn.execute(select(func.coalesce(func.sum(Account.charged), 0)))
+            ).scalar_one()
+        return int(total)
 
     async def grant_of(self, jti: str) -> int | None:
         async with self.read() as conn:

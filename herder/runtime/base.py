@@ -8,7 +8,7 @@ touching the routes. Implementations map engine errors to `HerderError`s or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +40,8 @@ class ContainerInfo:
     ports: dict[str, int] = field(default_factory=dict)  # container port -> host port
     address: str = ""
     created: str = ""
+    created_at: float = 0.0  # epoch seconds (to the second from `list`, exact from `inspect`)
+    finished_at: float = 0.0  # epoch seconds the container last stopped (inspect only)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -196,8 +198,16 @@ class Runtime(Protocol):
     async def remove_volume(self, name: str) -> None:
         """Delete a named volume; a volume already gone counts as done."""
 
-    def events(self, labels: dict[str, str]) -> AsyncIterator[RuntimeEvent]:
-        """Container events for containers carrying `labels`, as they happen.
+    async def image_exists(self, image: str) -> bool:
+        """Whether `image` is present locally (it is never pulled). Checked
+        before a respawn replaces a daemon, so a bad image keeps the old one."""
+
+    def events(
+        self, labels: dict[str, str], *, since: float | None = None
+    ) -> AsyncGenerator[RuntimeEvent, None]:
+        """Container events for containers carrying `labels`, as they happen
+        (and, with `since`, from that epoch time on, so a reconcile followed
+        by a subscription misses nothing).
 
         The iterator ends when the engine connection drops; the caller
         re-subscribes (and reconciles, since events may have been missed).
@@ -241,9 +251,6 @@ class Runtime(Protocol):
         never pulled) and `RuntimeUnavailable` when the engine fails.
         Several runs may proceed concurrently.
         """
-
-    async def image_exists(self, image: str) -> bool:
-        """Whether `image` is present locally (images are never pulled)."""
 
     async def close(self) -> None:
         """Release the engine connection; called once at shutdown."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import aiodocker
@@ -178,12 +180,17 @@ class DockerRuntime:
                     raise RuntimeUnavailable("Docker Engine refused to delete the volume") from exc
                 await asyncio.sleep(0.1)
 
-    async def events(self, labels: dict[str, str]) -> AsyncIterator[RuntimeEvent]:
+    async def events(
+        self, labels: dict[str, str], *, since: float | None = None
+    ) -> AsyncGenerator[RuntimeEvent, None]:
         filters = {"type": ["container"], "label": [f"{k}={v}" for k, v in labels.items()]}
+        params = {"filters": json.dumps(filters)}
+        if since is not None:
+            params["since"] = f"{since:.6f}"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
         try:
             async with self.docker._query(
-                "events", method="GET", params={"filters": json.dumps(filters)}, timeout=timeout
+                "events", method="GET", params=params, timeout=timeout
             ) as response:
                 try:
                     async for line in response.content:
@@ -474,6 +481,7 @@ def _from_list_entry(data: dict[str, Any]) -> ContainerInfo:
         ports=ports,
         address=address,
         created=str(data.get("Created", "")),
+        created_at=float(data.get("Created") or 0),
         raw=data,
     )
 
@@ -497,6 +505,8 @@ def _from_inspect(data: dict[str, Any]) -> ContainerInfo:
         ports=ports,
         address=address,
         created=data.get("Created", ""),
+        created_at=_docker_time(data.get("Created", "")),
+        finished_at=_docker_time(state.get("FinishedAt", "")),
         raw=data,
     )
 
@@ -507,3 +517,14 @@ async def _kill_quietly(container: DockerContainer) -> None:
     except aiodocker.DockerError as exc:
         if exc.status not in (404, 409):  # gone or already stopped: done
             raise
+
+
+def _docker_time(value: str) -> float:
+    """Epoch seconds of Docker's RFC 3339 nanosecond times; 0 for none or the zero time."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", value)
+    if match is None or value.startswith("0001-"):
+        return 0.0
+    whole, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    parsed = datetime.fromisoformat(f"{whole}.{(fraction or '0')[:6]:0<6}{zone}")
+    return parsed.timestamp()
