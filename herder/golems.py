@@ -31,11 +31,10 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import insert, update
 
 from . import appkeys
 from .errors import Conflict, NoCredits, NotFound, TooManyRequests
-from .ledger import Ledger, Workload
+from .ledger import Ledger
 from .metrics import Metrics
 from .relay import Relay, check_webstrate
 from .runtime import ContainerInfo, Runtime
@@ -251,38 +250,24 @@ class Golems:
     # -- the workload registry -------------------------------------------------
 
     async def _register(self, webstrate: str, info: ContainerInfo, owner: Owner) -> None:
-        now = int(time.time())
-        async with self.ledger.write() as conn:
-            await conn.execute(
-                insert(Workload).values(
-                    instance=self.instance,
-                    kind=KIND,
-                    subject=owner.subject,
-                    jti=owner.jti,
-                    name=webstrate,
-                    container_name=info.name,
-                    container_id=info.id,
-                    image=self.settings.golem_image,
-                    address=info.address,
-                    ports=json.dumps(info.ports),
-                    state="running",
-                    metered=owner.metered,
-                    started_at=now,
-                    metered_until=now,
-                )
-            )
+        await self.ledger.register_workload(
+            instance=self.instance,
+            kind=KIND,
+            subject=owner.subject,
+            jti=owner.jti,
+            name=webstrate,
+            container_name=info.name,
+            container_id=info.id,
+            image=self.settings.golem_image,
+            address=info.address,
+            ports=info.ports,
+            metered=owner.metered,
+        )
 
     async def _unregister(self, info: ContainerInfo) -> None:
-        async with self.ledger.write() as conn:
-            await conn.execute(
-                update(Workload)
-                .where(
-                    Workload.instance == self.instance,
-                    Workload.container_id == info.id,
-                    Workload.state == "running",
-                )
-                .values(state="stopped", stopped_at=int(time.time()))
-            )
+        await self.ledger.close_workload(
+            self.instance, info.id, at=time.time(), rate=self.settings.credit_rate
+        )
 
 
 async def golems_context(app: web.Application) -> AsyncIterator[None]:

@@ -63,7 +63,8 @@ class Meter:
         self.ticks = 0
 
     async def tick(self) -> TickResult:
-        """Charge everything that runs up to now; stop the daemons of exhausted subjects."""
+        """Charge everything that runs up to now; stop the metered workloads (daemons,
+        token-mode golems) of exhausted subjects."""
         wall, mono = self._clock(), self._monotonic()
         step, cap = 0, None
         if self._last is not None:

@@ -339,6 +339,28 @@ async def test_token_required_meters_and_only_the_owner_resets(
     assert [r.state for r in await workloads(one)] == ["stopped", "stopped"]
 
 
+async def test_metered_golem_is_charged_and_stopped_when_credits_run_out(
+    herder: HerderMaker, docker: aiodocker.Docker
+) -> None:
+    one = await herder(golem_require_token=True, metering_interval="0.2")
+    poor = sign(one.settings, "poor@example.org", credits=2)
+    status, golem = await one.call("spawn", "poor-doc", headers=auth(poor))
+    assert status == 201
+    ledger = one.app[appkeys.LEDGER]
+    for _ in range(100):
+        container = await docker.containers.get(golem["Id"])
+        if not (await container.show())["State"]["Running"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the golem of a subject without credits kept running")
+    balance = await ledger.balance("poor@example.org")
+    assert balance.charged >= 2 and balance.remaining <= 0
+    assert await ledger.audit("poor@example.org") == balance
+    status, _ = await one.call("spawn", "other-doc", headers=auth(poor))
+    assert status == 402
+
+
 # -- end to end: code in Chromium, inside the container, echoes a minion ------------
 
 GOLEM_PAGE = """<!doctype html>

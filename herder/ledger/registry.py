@@ -47,7 +47,7 @@ class TickResult:
     """What one metering tick did."""
 
     workloads: int  # workloads charged
-    exhausted: list[Workload]  # running daemons whose subject is at or below zero
+    exhausted: list[Workload]  # running metered workloads whose subject is at or below zero
 
 
 def _metered_until(position: int) -> ColumnElement[int]:
@@ -358,7 +358,7 @@ class WorkloadRegistry:
                         select(Workload.__table__).where(
                             Workload.instance == instance,
                             Workload.state == RUNNING,
-                            Workload.kind == "daemon",
+                            Workload.metered.is_(True),
                             Workload.subject.in_(broke[start : start + 500]),
                         )
                     )
