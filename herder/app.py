@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import appkeys, health, tokens
+from . import appkeys, attach, health, proxy, tokens
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
 from .runtime import DockerRuntime
@@ -89,8 +89,12 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.SETTINGS] = settings
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_runtime)
+    app.cleanup_ctx.append(proxy.upstreams_context)
+    app.cleanup_ctx.append(attach.attach_hub_context)
     app.router.add_routes(health.routes)
     app.router.add_routes(tokens.routes)
+    app.router.add_routes(proxy.routes)
+    app.router.add_routes(attach.routes)
     return app
 
 

@@ -79,3 +79,51 @@ async def ensure_busybox_image() -> str:
     async with _lock:
         await asyncio.to_thread(_build)
     return BUSYBOX_IMAGE
+
+
+ECHO_IMAGE = "herder-test/echo:1"
+ECHO_BASE = "herder/python:bookworm"
+ECHO_DIR = Path(__file__).resolve().parent.parent / "images" / "echo"
+_echo_lock = asyncio.Lock()
+
+
+def _echo_context() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(ECHO_DIR.iterdir()):
+            tar.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+async def ensure_echo_image() -> str:
+    """The tag of the echo upstream (`images/echo`), built through the
+    engine's build API once per machine; it needs the python environment image."""
+    import aiodocker
+
+    async with _echo_lock:
+        docker = aiodocker.Docker()
+        try:
+            try:
+                await docker.images.inspect(ECHO_IMAGE)
+                return ECHO_IMAGE
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+            try:
+                await docker.images.inspect(ECHO_BASE)
+            except aiodocker.DockerError:
+                import pytest
+
+                pytest.fail(f"{ECHO_BASE} is missing: run `herder images build python` first")
+            context = await asyncio.to_thread(_echo_context)
+            await docker.images.build(
+                fileobj=io.BytesIO(context),
+                encoding="gzip",
+                tag=ECHO_IMAGE,
+                labels={"herder.test": "1"},
+                rm=True,
+                forcerm=True,
+            )
+        finally:
+            await docker.close()
+    return ECHO_IMAGE

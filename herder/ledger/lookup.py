@@ -1,0 +1,109 @@
+"""Read-only lookups of running daemons in the workload registry.
+
+Used by the proxy and attach routes to find where a daemon is and who owns
+it. (The daemons module adds its own registry verbs to `Ledger`; these are
+the few reads the proxy needs, kept apart under distinct names.)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from typing import Any
+
+from sqlalchemy import Row, select
+
+from . import Ledger
+from .models import Workload
+
+DAEMON = "daemon"
+_COLUMNS = (
+    Workload.container_name,
+    Workload.container_id,
+    Workload.subject,
+    Workload.name,
+    Workload.address,
+    Workload.ports,
+)
+RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class RunningDaemon:
+    """A daemon's registry row, as the proxy and attach routes need it."""
+
+    container_name: str
+    container_id: str
+    subject: str
+    name: str
+    address: str
+    first_port: int | None  # the daemon's first container port, None when it has none
+
+
+async def find_running_daemon(
+    ledger: Ledger, instance: str, container_name: str
+) -> RunningDaemon | None:
+    """The running daemon of this herder instance with this container name."""
+    async with ledger.read() as conn:
+        rows = (
+            await conn.execute(
+                select(*_COLUMNS)
+                .where(
+                    Workload.instance == instance,
+                    Workload.kind == DAEMON,
+                    Workload.state == RUNNING,
+                    Workload.container_name == container_name,
+                )
+                .order_by(Workload.id.desc())
+                .limit(1)
+            )
+        ).all()
+    return _daemon(rows[0]) if rows else None
+
+
+async def find_running_daemons_named(
+    ledger: Ledger, instance: str, subject: str, name: str
+) -> list[RunningDaemon]:
+    """The subject's running daemons whose user-given name is `name`."""
+    async with ledger.read() as conn:
+        rows = (
+            await conn.execute(
+                select(*_COLUMNS).where(
+                    Workload.instance == instance,
+                    Workload.kind == DAEMON,
+                    Workload.state == RUNNING,
+                    Workload.subject == subject,
+                    Workload.name == name,
+                )
+            )
+        ).all()
+    return [_daemon(row) for row in rows]
+
+
+def _daemon(row: Row[Any]) -> RunningDaemon:
+    return RunningDaemon(
+        container_name=row.container_name,
+        container_id=row.container_id or "",
+        subject=row.subject,
+        name=row.name,
+        address=row.address,
+        first_port=_first_port(row.ports),
+    )
+
+
+def _first_port(ports: str) -> int | None:
+    """The first key of the registry's ports object (`{"80": 49153}` -> 80)."""
+    try:
+        value = json.loads(ports or "{}")
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    for key in value:
+        try:
+            port = int(key)
+        except (TypeError, ValueError):
+            return None
+        return port if 0 < port < 65536 else None
+    return None
