@@ -76,9 +76,7 @@ class Daemons:
         )
         info = await self.app[appkeys.RUNTIME].run_service(spec)
         ordered = {str(p): info.ports[str(p)] for p in ports}
-        daemon = SpawnedDaemon(
-            container_name, info.id, info.address, ordered, claims.sub, name
-        )
+        daemon = SpawnedDaemon(container_name, info.id, info.address, ordered, claims.sub, name)
         self.made.append(daemon)
         now = int(time.time())
         async with self.app[appkeys.LEDGER].write() as conn:

@@ -173,7 +173,9 @@ async def test_websocket_echo_through_the_proxy(
 
 
 async def test_unknown_stopped_and_unanswering_daemons(
-    client: TestClient[Any, Any], daemons: Daemons, token: str  # noqa: F811
+    client: TestClient[Any, Any],
+    daemons: Daemons,
+    token: str,  # noqa: F811
 ) -> None:
     async with client.get("/daemon/v1/proxy/nobody-here/x") as resp:
         assert resp.status == 404

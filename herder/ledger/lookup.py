@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-
 from typing import Any
 
 from sqlalchemy import Row, select
