@@ -81,6 +81,7 @@ class AttachSession:
         self.attachment = attachment
         self.subscribers: set[Subscriber] = set()
         self.finished = False
+        self._closing = False
         self._ring: deque[OutputChunk] = deque()
         self._ring_bytes = 0
         self._write_lock = asyncio.Lock()
@@ -119,7 +120,7 @@ class AttachSession:
     async def _read_loop(self) -> None:
         end = CLOSE_LOST
         try:
-            while True:
+            while not self._closing:
                 chunk = await self.attachment.read()
                 if chunk is None:
                     break
@@ -138,6 +139,7 @@ class AttachSession:
             subscriber.close_code, subscriber.close_reason = end
             await self._offer(subscriber, None)
         await self.hub.forget(self)
+        await self.attachment.close()
 
     async def _offer(self, subscriber: Subscriber, chunk: OutputChunk | None) -> None:
         if subscriber.dropped.is_set():
@@ -151,6 +153,8 @@ class AttachSession:
                 subscriber.drop(*CLOSE_SLOW)
 
     async def close(self) -> None:
+        # The flag as well as the cancel: 3.11's wait_for may swallow a cancel.
+        self._closing = True
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

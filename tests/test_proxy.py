@@ -18,14 +18,14 @@ from herder.app import create_app
 from herder.settings import Settings
 
 from .conftest import TokenMaker, auth, make_settings
-from .daemon_fixtures import Daemons, SpawnedDaemon, daemons, wait_http  # noqa: F401
+from .daemon_fixtures import Daemons, SpawnedDaemon, wait_http
 from .images import ensure_echo_image
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-async def echo(daemons: Daemons, token: str) -> SpawnedDaemon:  # noqa: F811
+async def echo(daemons: Daemons, token: str) -> SpawnedDaemon:
     image = await ensure_echo_image()
     daemon = await daemons.spawn(token, image, ports=(8080, 9000))
     await wait_http(f"http://{daemon.address}:8080/small")
@@ -175,7 +175,7 @@ async def test_websocket_echo_through_the_proxy(
 async def test_unknown_stopped_and_unanswering_daemons(
     client: TestClient[Any, Any],
     daemons: Daemons,
-    token: str,  # noqa: F811
+    token: str,
 ) -> None:
     async with client.get("/daemon/v1/proxy/nobody-here/x") as resp:
         assert resp.status == 404

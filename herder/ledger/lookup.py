@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import select
 
 from . import Ledger
 from .models import Workload
@@ -80,7 +80,7 @@ async def find_running_daemons_named(
     return [_daemon(row) for row in rows]
 
 
-def _daemon(row: Row[Any]) -> RunningDaemon:
+def _daemon(row: Any) -> RunningDaemon:
     return RunningDaemon(
         container_name=row.container_name,
         container_id=row.container_id or "",
