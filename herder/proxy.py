@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -97,6 +97,7 @@ class Upstreams:
 
     def __post_init__(self) -> None:
         self._cache: dict[str, tuple[float, RunningDaemon]] = {}
+        self._loading: dict[str, asyncio.Future[RunningDaemon | None]] = {}
 
     @classmethod
     def create(cls) -> Upstreams:
@@ -119,13 +120,28 @@ class Upstreams:
             sock_read=self.read_timeout,
         )
 
-    def cached(self, container_name: str) -> RunningDaemon | None:
-        entry = self._cache.get(container_name)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
+    async def lookup(
+        self, container_name: str, load: Callable[[], Awaitable[RunningDaemon | None]]
+    ) -> RunningDaemon | None:
+        """The daemon of that container name, from the cache or `load`.
 
-    def remember(self, daemon: RunningDaemon) -> None:
+        Found daemons are cached for `LOOKUP_TTL`; concurrent misses for one
+        name share a single `load`, so a burst never queues up queries.
+        """
+        entry = self._cache.get(container_name)
+        if entry is not None and entry[0] >= time.monotonic():
+            return entry[1]
+        pending = self._loading.get(container_name)
+        if pending is None:
+            pending = asyncio.ensure_future(load())
+            self._loading[container_name] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(container_name, None))
+        daemon = await asyncio.shield(pending)
+        if daemon is not None:
+            self._remember(daemon)
+        return daemon
+
+    def _remember(self, daemon: RunningDaemon) -> None:
         if len(self._cache) >= LOOKUP_CACHE_SIZE:
             now = time.monotonic()
             self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
@@ -174,11 +190,10 @@ async def _proxied_daemon(request: web.Request, name: str) -> RunningDaemon:
     if app[appkeys.SETTINGS].proxy_require_token:
         owner = await require_claims(request)
         return await find_daemon(app, name, owner.sub)
-    upstreams = app[appkeys.UPSTREAMS]
-    daemon = upstreams.cached(name)
-    if daemon is not None:
-        return daemon
-    daemon = await find_running_daemon(app[appkeys.LEDGER], app[appkeys.INSTANCE], name)
+    ledger, instance = app[appkeys.LEDGER], app[appkeys.INSTANCE]
+    daemon = await app[appkeys.UPSTREAMS].lookup(
+        name, lambda: find_running_daemon(ledger, instance, name)
+    )
     if daemon is None:
         # Public mode: a plain name needs the caller's token to say whose it is.
         claims: Claims | None = None
@@ -187,7 +202,6 @@ async def _proxied_daemon(request: web.Request, name: str) -> RunningDaemon:
         if claims is None:
             raise NotFound(f"no running daemon named {name!r}")
         return await find_daemon(app, name, claims.sub)
-    upstreams.remember(daemon)
     return daemon
 
 
@@ -353,10 +367,21 @@ async def _relay_http(
             upstreams.forget(daemon.container_name)
         raise _upstream_failure(exc, target) from None
     async with upstream:
+        headers = _downstream_headers(upstream, daemon, prefix)
+        length = upstream.content_length
+        if length is not None and length <= CHUNK and request.method != "HEAD":
+            # A small body of known size: one bounded read, and headers and
+            # body go out in one write.
+            try:
+                content = await upstream.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _upstream_failure(exc, target) from None
+            del headers["Content-Length"]
+            small = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
+            small.body = content
+            return small
         response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=_downstream_headers(upstream, daemon, prefix),
+            status=upstream.status, reason=upstream.reason, headers=headers
         )
         try:
             await response.prepare(request)
