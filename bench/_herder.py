@@ -132,6 +132,21 @@ def _free_port() -> int:
         return port
 
 
+def _start_herder(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HERDER_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
+    profile = os.environ.get("HERDER_BENCH_PROFILE")  # write a cProfile of the herder there
+    wrapper = ["-m", "cProfile", "-o", profile] if profile else []
+    with open(os.environ.get("HERDER_BENCH_LOG", os.devnull), "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, *wrapper, "-m", "herder", "serve"]
+            + ["--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=ROOT,
+        )
+
+
 @asynccontextmanager
 async def running_herder() -> AsyncIterator[Herder]:
     with tempfile.TemporaryDirectory(prefix="herder-bench-") as tmp:
@@ -143,21 +158,7 @@ async def running_herder() -> AsyncIterator[Herder]:
             "bench@example.org", 10**9, 1
         )
         port = _free_port()
-        env = {
-            **os.environ,
-            "HERDER_DATA_DIR": str(data_dir),
-            "PYTHONPATH": str(ROOT),
-        }
-        profile = os.environ.get("HERDER_BENCH_PROFILE")  # write a cProfile of the herder there
-        wrapper = ["-m", "cProfile", "-o", profile] if profile else []
-        process = subprocess.Popen(
-            [sys.executable, *wrapper, "-m", "herder", "serve"]
-            + ["--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.environ.get("HERDER_BENCH_LOG", os.devnull), "wb"),
-            cwd=ROOT,
-        )
+        process = _start_herder(data_dir, port)
         runtime = DockerRuntime(settings.docker_url)
         herder = Herder(f"http://127.0.0.1:{port}", data_dir, token, instance, runtime, [])
         try:
