@@ -1,19 +1,10 @@
-"""A herder in its own process, and daemons in it, for the benchmarks.
-
-The herder runs as `python -m herder serve` on 127.0.0.1 with a temporary
-data dir, so it has its own event loop and the benchmark client its own.
-Daemons are spawned through `POST /daemon/v1/spawn` when the herder has that
-route; otherwise (before the daemons module landed) as it will do it: the
-container through the Runtime and a `running` row in the registry.
-Everything is removed on exit.
-"""
+"""Shared by the benchmarks: a herder subprocess on a free port with a temp
+data dir and a token, and the `docker run --rm` twin of a minion."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -25,104 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from sqlalchemy import insert
-
-from herder.ledger import Ledger, Workload
-from herder.runtime import DockerRuntime
-from herder.runtime.base import ServiceSpec
-from herder.settings import Settings
-from herder.signing import INSTANCE_FILE, load_keypair
-from herder.tokens import TokenService
 
 ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "herder/python:bookworm"
+SCRIPT = "print(1)"
+MAIN_SH = "exec python3 main.py\n"
 
 
-@dataclass
-class Daemon:
-    name: str  # the container name
-    address: str
-    ports: dict[str, int]
-    container_id: str
-
-
-@dataclass
+@dataclass(frozen=True)
 class Herder:
     url: str
-    data_dir: Path
     token: str
-    instance: str
-    runtime: DockerRuntime
-    made: list[str]
-
-    async def spawn(
-        self, image: str, ports: tuple[int, ...], cmd: tuple[str, ...] | None = None
-    ) -> Daemon:
-        name = f"bench{secrets.token_hex(3)}"
-        async with aiohttp.ClientSession() as session:
-            form = {"name": name, "image": image, "ports": json.dumps(list(ports))}
-            headers = {"Authorization": f"Bearer {self.token}"}
-            async with session.post(
-                f"{self.url}/daemon/v1/spawn", data=form, headers=headers
-            ) as resp:
-                if resp.status == 200 and cmd is None:
-                    reply = await resp.json()
-                    info = await self.runtime.inspect(reply["Name"])
-                    assert info is not None
-                    self.made.append(info.id)
-                    return Daemon(reply["Name"], reply["Address"], reply["Ports"], info.id)
-        return await self._spawn_directly(name, image, ports, cmd)
-
-    async def _spawn_directly(
-        self, name: str, image: str, ports: tuple[int, ...], cmd: tuple[str, ...] | None
-    ) -> Daemon:
-        settings = Settings.load({"data_dir": str(self.data_dir)}, environ={})
-        claims = TokenService(load_keypair(self.data_dir), settings, None).decode(self.token)  # type: ignore[arg-type]
-        container_name = f"{name}-{claims.jti}"
-        labels = {
-            "herder.managed": "1",
-            "herder.kind": "daemon",
-            "herder.subject": claims.sub,
-            "herder.jti": claims.jti,
-            "herder.name": name,
-            "herder.instance": self.instance,
-        }
-        spec = ServiceSpec(
-            name=container_name,
-            image=image,
-            labels=labels,
-            ports=ports,
-            bind_address="127.0.0.1",
-            cmd=cmd,
-            restart="no",
-        )
-        info = await self.runtime.run_service(spec)
-        self.made.append(info.id)
-        ordered = {str(p): info.ports[str(p)] for p in ports}
-        ledger = await Ledger.open(settings.database_url)
-        try:
-            now = int(time.time())
-            async with ledger.write() as conn:
-                await conn.execute(
-                    insert(Workload).values(
-                        instance=self.instance,
-                        kind="daemon",
-                        subject=claims.sub,
-                        jti=claims.jti,
-                        name=name,
-                        container_name=container_name,
-                        container_id=info.id,
-                        image=image,
-                        address=info.address,
-                        ports=json.dumps(ordered),
-                        state="running",
-                        metered=False,
-                        started_at=now,
-                        metered_until=now,
-                    )
-                )
-        finally:
-            await ledger.close()
-        return Daemon(container_name, info.address, ordered, info.id)
 
 
 def _free_port() -> int:
@@ -132,71 +36,118 @@ def _free_port() -> int:
         return port
 
 
-def _start_herder(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HERDER_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
-    profile = os.environ.get("HERDER_BENCH_PROFILE")  # write a cProfile of the herder there
-    wrapper = ["-m", "cProfile", "-o", profile] if profile else []
-    with open(os.environ.get("HERDER_BENCH_LOG", os.devnull), "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, *wrapper, "-m", "herder", "serve"]
-            + ["--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            cwd=ROOT,
-        )
+def _herder_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "herder", *args]
+
+
+def _start(data_dir: str, port: int) -> tuple[str, subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "HERDER_DATA_DIR": data_dir,
+        "HERDER_LOG_FORMAT": "text",
+        "PYTHONPATH": str(ROOT),
+    }
+    created = subprocess.run(
+        _herder_cmd("token", "create", "-e", "bench@example.org", "-c", "100000000"),
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    token = created.stdout.strip().splitlines()[-1]
+    server = subprocess.Popen(
+        _herder_cmd("serve", "--host", "127.0.0.1", "--port", str(port)),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return token, server
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 @asynccontextmanager
 async def running_herder() -> AsyncIterator[Herder]:
-    with tempfile.TemporaryDirectory(prefix="herder-bench-") as tmp:
-        data_dir = Path(tmp)
-        instance = f"bench-{secrets.token_hex(4)}"
-        (data_dir / INSTANCE_FILE).write_text(instance + "\n")
-        settings = Settings.load({"data_dir": str(data_dir)}, environ={})
-        token, _ = TokenService(load_keypair(data_dir), settings, None).create(  # type: ignore[arg-type]
-            "bench@example.org", 10**9, 1
-        )
+    """`herder serve` in a subprocess with its own data dir, and a token for it."""
+    with tempfile.TemporaryDirectory(prefix="herder-bench-") as data_dir:
         port = _free_port()
-        process = _start_herder(data_dir, port)
-        runtime = DockerRuntime(settings.docker_url)
-        herder = Herder(f"http://127.0.0.1:{port}", data_dir, token, instance, runtime, [])
+        token, server = await asyncio.to_thread(_start, data_dir, port)
+        url = f"http://127.0.0.1:{port}"
         try:
-            await _wait_ready(herder.url, process)
-            yield herder
+            await _wait_ready(url, server)
+            yield Herder(url, token)
         finally:
-            process.terminate()
-            try:
-                await asyncio.to_thread(process.wait, 15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            for ref in herder.made:
-                await runtime.remove(ref, volumes=True)
-            await runtime.close()
+            await asyncio.to_thread(_stop, server)
 
 
-async def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+async def _wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            if process.poll() is not None:
-                raise SystemExit(f"the herder exited with code {process.returncode}")
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise SystemExit("the herder exited during start-up")
             try:
-                async with session.get(f"{url}/healthz") as resp:
-                    await resp.read()
-                    return  # it answers: up (health itself is not what is measured)
+                async with session.get(url + "/healthz") as resp:
+                    if resp.status < 500:
+                        return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
-    raise SystemExit("the herder did not start")
+    raise SystemExit("the herder did not answer within 30 s")
 
 
-async def wait_http(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(100):
-            try:
-                async with session.get(url) as resp:
-                    await resp.read()
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-    raise SystemExit(f"nothing answered at {url}")
+async def herder_run(session: aiohttp.ClientSession, herder: Herder) -> float:
+    """Seconds for one `print(1)` minion through the herder's HTTP API."""
+    started = time.perf_counter()
+    async with session.post(
+        herder.url + "/minion/v1/spawn",
+        data={"env": "python", "main.sh": MAIN_SH, "main.py": SCRIPT},
+        headers={"Authorization": f"Bearer {herder.token}"},
+    ) as resp:
+        body = await resp.json()
+    elapsed = time.perf_counter() - started
+    if resp.status != 200 or body.get("StdOut") != "1\n":
+        raise SystemExit(f"herder run failed: {resp.status} {body}")
+    return elapsed
+
+
+def docker_run_args() -> list[str]:
+    """`docker run --rm` of the same image and script, with the limits a
+    minion gets (so both do the same work; `--network none` is also what
+    spares a minion the bridge set-up)."""
+    return [
+        "docker", "run", "--rm",
+        "--network", "none",
+        "--memory", "256m", "--memory-swap", "256m",
+        "--cpus", "1", "--pids-limit", "128",
+        "--ulimit", "nofile=1024:1024",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--user", "1000:1000", "--init", "--read-only",
+        "--tmpfs", "/tmp:rw,nosuid,nodev,size=67108864",
+        "-v", "/minion", "-w", "/minion",
+        "--log-opt", "max-size=2097152", "--log-opt", "max-file=1",
+        "--label", "herder.bench=1",
+        IMAGE, "python3", "-c", SCRIPT,
+    ]  # fmt: skip
+
+
+async def docker_run() -> float:
+    """Seconds for one `docker run --rm` of the same image and script."""
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *docker_run_args(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0 or out != b"1\n":
+        raise SystemExit(f"docker run failed: {proc.returncode} {err.decode()[:300]}")
+    return elapsed

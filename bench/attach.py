@@ -24,8 +24,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._daemons import running_daemon  # noqa: E402
 from bench._herder import Herder, running_herder  # noqa: E402
-from tests.images import ensure_busybox_image  # noqa: E402
+from tests.images import ensure_command_image  # noqa: E402
 
 MARKER = b"END-OF-ROUND"
 SCRIPT = (
@@ -87,11 +88,10 @@ async def main() -> int:
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--text", action="store_true", help="text frames instead of binary")
     args = parser.parse_args()
-    image = await ensure_busybox_image()
+    script = SCRIPT.replace("MIB", str(args.mib))
+    image = await ensure_command_image(f"herder-test/flood-{args.mib}:1", ["sh", "-c", script])
     results: dict[str, list[float]] = {"attach": [], "docker logs -f": []}
-    async with running_herder() as herder:
-        script = SCRIPT.replace("MIB", str(args.mib))
-        daemon = await herder.spawn(image, (), cmd=("sh", "-c", script))
+    async with running_herder() as herder, running_daemon(herder, image) as daemon:
         for _ in range(args.rounds):
             size, seconds = await through_attach(herder, daemon.name, args.text)
             results["attach"].append(size / seconds / 1e6)

@@ -25,7 +25,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._herder import running_herder, wait_http  # noqa: E402
+from bench._daemons import running_daemon, wait_http  # noqa: E402
+from bench._herder import running_herder  # noqa: E402
 from tests.images import ensure_echo_image  # noqa: E402
 
 CONCURRENCY = 64
@@ -71,8 +72,7 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     image = await ensure_echo_image()
-    async with running_herder() as herder:
-        daemon = await herder.spawn(image, (8080,))
+    async with running_herder() as herder, running_daemon(herder, image, (8080,)) as daemon:
         direct = f"http://127.0.0.1:{daemon.ports['8080']}/small"
         proxied = f"{herder.url}/daemon/v1/proxy/{daemon.name}/small"
         await wait_http(direct)

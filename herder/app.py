@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
-from . import appkeys, attach, health, proxy, tokens
+from . import appkeys, attach, daemons, golems, health, minions, proxy, relay, tokens
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
+from .metering import Meter
+from .reconcile import Reconciler
 from .runtime import DockerRuntime
 from .settings import Settings
 from .signing import instance_id, load_keypair
@@ -89,10 +94,21 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.SETTINGS] = settings
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_runtime)
+    app.cleanup_ctx.append(minions.minions_ctx)
+    app.cleanup_ctx.append(_daemons)
+    app.cleanup_ctx.append(_reconciler)
+    app.cleanup_ctx.append(_metering)
+    app[appkeys.RELAY] = relay.Relay(settings.golem_wait)
+    app.on_shutdown.append(relay.on_shutdown)
+    app.cleanup_ctx.append(golems.golems_context)
     app.cleanup_ctx.append(proxy.upstreams_context)
     app.cleanup_ctx.append(attach.attach_hub_context)
     app.router.add_routes(health.routes)
     app.router.add_routes(tokens.routes)
+    app.router.add_routes(minions.routes)
+    app.router.add_routes(daemons.routes)
+    app.router.add_routes(relay.routes)
+    app.router.add_routes(golems.routes)
     app.router.add_routes(proxy.routes)
     app.router.add_routes(attach.routes)
     return app
@@ -114,3 +130,67 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.RUNTIME] = runtime
     yield
     await runtime.close()
+
+
+async def _daemons(app: web.Application) -> AsyncIterator[None]:
+    app[appkeys.DAEMONS] = daemons.DaemonService(
+        app[appkeys.SETTINGS], app[appkeys.LEDGER], app[appkeys.RUNTIME], app[appkeys.INSTANCE]
+    )
+    yield
+
+
+# How long start-up waits for the first reconcile (Docker may be down).
+FIRST_RECONCILE_WAIT = 10.0
+
+
+async def _reconciler(app: web.Application) -> AsyncIterator[None]:
+    """Reconcile the registry with Docker, then follow its events (owned task).
+
+    Start-up waits (briefly) for the first reconcile so that metering never
+    charges a run whose container died while the herder was down.
+    """
+    reconciler = Reconciler(
+        app[appkeys.SETTINGS], app[appkeys.LEDGER], app[appkeys.RUNTIME], app[appkeys.INSTANCE]
+    )
+    app[appkeys.RECONCILER] = reconciler
+    async with owned_task(reconciler.run(), "reconciler"):
+        try:
+            await asyncio.wait_for(reconciler.reconciled.wait(), FIRST_RECONCILE_WAIT)
+        except TimeoutError:
+            log.warning("no reconcile within %.0f s; metering starts anyway", FIRST_RECONCILE_WAIT)
+        yield
+
+
+async def _metering(app: web.Application) -> AsyncIterator[None]:
+    reconciler = app[appkeys.RECONCILER]
+    meter = Meter(
+        app[appkeys.SETTINGS],
+        app[appkeys.LEDGER],
+        app[appkeys.RUNTIME],
+        app[appkeys.INSTANCE],
+        recover=reconciler.reconcile,
+    )
+    app[appkeys.METER] = meter
+    async with owned_task(meter.run(), "metering"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def owned_task(
+    coro: Coroutine[Any, Any, None], name: str
+) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a background loop for the lifetime of the block: cancelled and
+    awaited on exit; if it ever ends with an error, that error is logged."""
+    task = asyncio.create_task(coro, name=name)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("background task %s died", name, exc_info=done.exception())
+
+    task.add_done_callback(report)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -8,8 +8,14 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .attach import AttachHub
+    from .daemons import DaemonService
+    from .golems import Golems
     from .ledger import Ledger
+    from .metering import Meter
+    from .minions import Minions
     from .proxy import Upstreams
+    from .reconcile import Reconciler
+    from .relay import Relay
     from .runtime import Runtime
     from .settings import Settings
     from .tokens import TokenService
@@ -19,5 +25,11 @@ LEDGER: web.AppKey[Ledger] = web.AppKey("ledger")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 INSTANCE: web.AppKey[str] = web.AppKey("instance")
+MINIONS: web.AppKey[Minions] = web.AppKey("minions")
+RELAY: web.AppKey[Relay] = web.AppKey("relay")
+GOLEMS: web.AppKey[Golems] = web.AppKey("golems")
+DAEMONS: web.AppKey[DaemonService] = web.AppKey("daemons")
+METER: web.AppKey[Meter] = web.AppKey("meter")
+RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
 UPSTREAMS: web.AppKey[Upstreams] = web.AppKey("upstreams")
 ATTACH: web.AppKey[AttachHub] = web.AppKey("attach")

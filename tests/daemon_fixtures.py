@@ -1,30 +1,20 @@
-"""Running daemons for the proxy and attach tests.
-
-Until the spawn route exists, a daemon is made as the daemons module will
-make it: a container started through `DockerRuntime.run_service` with the
-herder's labels, plus a `running` row in the workload registry. Everything
-made is removed (container and row closed) when the test ends.
-"""
+"""Running daemons for the proxy and attach tests, spawned and killed
+through the herder's own routes (`POST /daemon/v1/spawn`, `/daemon/v1/kill`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import secrets
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
-from sqlalchemy import insert, update
 
 from herder import appkeys
-from herder.ledger import Workload
-from herder.runtime.base import ServiceSpec
 
 
 @dataclass(frozen=True)
@@ -33,86 +23,44 @@ class SpawnedDaemon:
     container_id: str
     address: str
     ports: dict[str, int]  # container port -> host port, in requested order
-    subject: str
     name: str
+    token: str
 
 
 class Daemons:
-    """Spawns daemons for one test app and removes them afterwards."""
+    """Spawns daemons in one test herder and kills them afterwards."""
 
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
+    def __init__(self, client: TestClient[Any, Any]) -> None:
+        self.client = client
         self.made: list[SpawnedDaemon] = []
 
     async def spawn(
-        self,
-        token: str,
-        image: str,
-        *,
-        name: str | None = None,
-        ports: tuple[int, ...] = (),
-        cmd: tuple[str, ...] | None = None,
+        self, token: str, image: str, *, name: str | None = None, ports: tuple[int, ...] = ()
     ) -> SpawnedDaemon:
-        claims = self.app[appkeys.TOKENS].decode(token)
         name = name or f"d{secrets.token_hex(3)}"
-        container_name = f"{name}-{claims.jti}"
-        instance = self.app[appkeys.INSTANCE]
-        labels = {
-            "herder.managed": "1",
-            "herder.kind": "daemon",
-            "herder.subject": claims.sub,
-            "herder.jti": claims.jti,
-            "herder.name": name,
-            "herder.instance": instance,
-        }
-        spec = ServiceSpec(
-            name=container_name,
-            image=image,
-            labels=labels,
-            ports=ports,
-            bind_address="127.0.0.1",
-            cmd=cmd,
-            restart="no",
+        form = {"name": name, "image": image, "ports": json.dumps(list(ports))}
+        headers = {"Authorization": f"Bearer {token}"}
+        async with self.client.post("/daemon/v1/spawn", data=form, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            reply = await resp.json()
+        info = await self.client.app[appkeys.RUNTIME].inspect(reply["Name"])
+        assert info is not None
+        daemon = SpawnedDaemon(
+            reply["Name"], info.id, reply["Address"], reply["Ports"], name, token
         )
-        info = await self.app[appkeys.RUNTIME].run_service(spec)
-        ordered = {str(p): info.ports[str(p)] for p in ports}
-        daemon = SpawnedDaemon(container_name, info.id, info.address, ordered, claims.sub, name)
         self.made.append(daemon)
-        now = int(time.time())
-        async with self.app[appkeys.LEDGER].write() as conn:
-            await conn.execute(
-                insert(Workload).values(
-                    instance=instance,
-                    kind="daemon",
-                    subject=claims.sub,
-                    jti=claims.jti,
-                    name=name,
-                    container_name=container_name,
-                    container_id=info.id,
-                    image=image,
-                    address=info.address,
-                    ports=json.dumps(ordered),
-                    state="running",
-                    metered=False,
-                    started_at=now,
-                    metered_until=now,
-                )
-            )
         return daemon
 
     async def kill(self, daemon: SpawnedDaemon) -> None:
-        """Remove the container and close its registry row, as a kill does."""
-        await self.app[appkeys.RUNTIME].remove(daemon.container_id)
-        async with self.app[appkeys.LEDGER].write() as conn:
-            await conn.execute(
-                update(Workload)
-                .where(Workload.container_name == daemon.container_name)
-                .values(state="stopped", stopped_at=int(time.time()))
-            )
+        headers = {"Authorization": f"Bearer {daemon.token}"}
+        url = f"/daemon/v1/kill/{daemon.container_name}?wipe=true"
+        async with self.client.get(url, headers=headers) as resp:
+            assert resp.status in (200, 404), await resp.text()
 
     async def close(self) -> None:
         for daemon in self.made:
-            await self.app[appkeys.RUNTIME].remove(daemon.container_id)
+            await self.kill(daemon)
+            await self.client.app[appkeys.RUNTIME].remove(daemon.container_id, volumes=True)
 
 
 async def wait_http(url: str, attempts: int = 100) -> None:
@@ -130,6 +78,6 @@ async def wait_http(url: str, attempts: int = 100) -> None:
 
 @pytest.fixture
 async def daemons(client: TestClient[Any, Any]) -> AsyncIterator[Daemons]:
-    made = Daemons(client.app)
+    made = Daemons(client)
     yield made
     await made.close()

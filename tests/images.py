@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import shutil
 import subprocess
 import tarfile
@@ -81,6 +82,33 @@ async def ensure_busybox_image() -> str:
     return BUSYBOX_IMAGE
 
 
+HTTPD_IMAGE = "herder-test/busybox-httpd:1"
+
+
+def _build_httpd() -> None:
+    if (
+        subprocess.run(["docker", "image", "inspect", HTTPD_IMAGE], capture_output=True).returncode
+        == 0
+    ):
+        return
+    dockerfile = f'FROM {BUSYBOX_IMAGE}\nCMD ["httpd", "-f", "-v", "-p", "80", "-h", "/minion"]\n'
+    subprocess.run(
+        ["docker", "build", "-q", "-t", HTTPD_IMAGE, "-"],
+        input=dockerfile.encode(),
+        check=True,
+        capture_output=True,
+        env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+    )
+
+
+async def ensure_httpd_image() -> str:
+    """A busybox image whose command serves /minion over HTTP on port 80."""
+    await ensure_busybox_image()
+    async with _lock:
+        await asyncio.to_thread(_build_httpd)
+    return HTTPD_IMAGE
+
+
 ECHO_IMAGE = "herder-test/echo:1"
 ECHO_BASE = "herder/python:bookworm"
 ECHO_DIR = Path(__file__).resolve().parent.parent / "images" / "echo"
@@ -127,3 +155,32 @@ async def ensure_echo_image() -> str:
         finally:
             await docker.close()
     return ECHO_IMAGE
+
+
+CAT_IMAGE = "herder-test/busybox-cat:1"
+
+
+def _build_with_command(tag: str, cmd: list[str]) -> None:
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
+        return
+    dockerfile = f"FROM {BUSYBOX_IMAGE}\nCMD {json.dumps(cmd)}\n"
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "-"],
+        input=dockerfile.encode(),
+        check=True,
+        capture_output=True,
+        env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+    )
+
+
+async def ensure_command_image(tag: str, cmd: list[str]) -> str:
+    """A busybox image whose command is `cmd` (daemons run their image's own command)."""
+    await ensure_busybox_image()
+    async with _lock:
+        await asyncio.to_thread(_build_with_command, tag, cmd)
+    return tag
+
+
+async def ensure_cat_image() -> str:
+    """A busybox image running `cat`: what goes to its stdin comes out of its stdout."""
+    return await ensure_command_image(CAT_IMAGE, ["cat"])

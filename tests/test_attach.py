@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,18 +13,23 @@ from aiohttp.test_utils import TestClient
 from herder import attach
 from herder.attach import AttachHub, last_lines
 from herder.runtime.base import OutputChunk
+from herder.settings import Settings
 
-from .conftest import TokenMaker
+from .conftest import TokenMaker, make_settings
 from .daemon_fixtures import Daemons, SpawnedDaemon
-from .images import ensure_busybox_image
+from .images import ensure_cat_image
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", daemon_bind_address="127.0.0.1")
+
+
+@pytest.fixture
 async def cat(daemons: Daemons, token: str) -> SpawnedDaemon:
-    image = await ensure_busybox_image()
-    return await daemons.spawn(token, image, cmd=("cat",))
+    return await daemons.spawn(token, await ensure_cat_image())
 
 
 def url(daemon: SpawnedDaemon, token: str, query: str = "") -> str:

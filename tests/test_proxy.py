@@ -25,6 +25,11 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", daemon_bind_address="127.0.0.1")
+
+
+@pytest.fixture
 async def echo(daemons: Daemons, token: str) -> SpawnedDaemon:
     image = await ensure_echo_image()
     daemon = await daemons.spawn(token, image, ports=(8080, 9000))

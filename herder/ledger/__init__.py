@@ -22,9 +22,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import migrate
 from .engine import make_engines
-from .models import Account, Charge, Grant, Revocation, Workload
+from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
+from .registry import TickResult, WorkloadRegistry
 
-__all__ = ["Ledger", "Balance", "Account", "Charge", "Grant", "Revocation", "Workload"]
+__all__ = [
+    "Ledger",
+    "Balance",
+    "Account",
+    "Charge",
+    "Grant",
+    "MeterPosition",
+    "Revocation",
+    "TickResult",
+    "Workload",
+]
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,7 @@ class Balance:
         return self.granted - self.charged
 
 
-class Ledger:
+class Ledger(WorkloadRegistry):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine, self.read_engine = make_engines(url)

@@ -1,8 +1,7 @@
 """Read-only lookups of running daemons in the workload registry.
 
 Used by the proxy and attach routes to find where a daemon is and who owns
-it. (The daemons module adds its own registry verbs to `Ledger`; these are
-the few reads the proxy needs, kept apart under distinct names.)
+it: the registry row's endpoint (address and first port) and owner.
 """
 
 from __future__ import annotations
@@ -44,21 +43,8 @@ async def find_running_daemon(
     ledger: Ledger, instance: str, container_name: str
 ) -> RunningDaemon | None:
     """The running daemon of this herder instance with this container name."""
-    async with ledger.read() as conn:
-        rows = (
-            await conn.execute(
-                select(*_COLUMNS)
-                .where(
-                    Workload.instance == instance,
-                    Workload.kind == DAEMON,
-                    Workload.state == RUNNING,
-                    Workload.container_name == container_name,
-                )
-                .order_by(Workload.id.desc())
-                .limit(1)
-            )
-        ).all()
-    return _daemon(rows[0]) if rows else None
+    row = await ledger.running_workload(instance, DAEMON, container_name)
+    return None if row is None else _daemon(row)
 
 
 async def find_running_daemons_named(

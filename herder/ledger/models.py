@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -64,8 +75,10 @@ class Workload(Base):
     """The registry of workloads the herder started (desired state).
 
     A row is written as soon as the container exists and closed (`state`
-    'stopped', `stopped_at`) when it is gone. `metered_until` is the epoch
-    second up to which the workload has been charged.
+    'stopped', `stopped_at`) when it is gone. A running row has been charged
+    up to the later of `metered_until` (its start, or a clock-step shift) and
+    its instance's `meter_positions.metered_until`; a closed row up to
+    `metered_until`. `charge_id` is the run's charge row.
     """
 
     __tablename__ = "workloads"
@@ -94,4 +107,24 @@ class Workload(Base):
         Index("ix_workloads_running", "instance", "state"),
         Index("ix_workloads_subject", "subject", "kind", "state"),
         Index("ix_workloads_container", "instance", "container_name"),
+        Index("ix_workloads_container_id", "instance", "container_id"),
+        Index("ix_workloads_charge", "charge_id"),
+        Index(
+            "ux_workloads_open_run",
+            "instance",
+            "container_id",
+            unique=True,
+            sqlite_where=text("state = 'running'"),
+            postgresql_where=text("state = 'running'"),
+        ),
     )
+
+
+class MeterPosition(Base):
+    """Up to when the metering loop of one herder instance has charged its
+    running workloads (a run is charged up to the later of this and its own
+    `workloads.metered_until`)."""
+
+    __tablename__ = "meter_positions"
+    instance: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metered_until: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -8,7 +8,7 @@ touching the routes. Implementations map engine errors to `HerderError`s or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +40,8 @@ class ContainerInfo:
     ports: dict[str, int] = field(default_factory=dict)  # container port -> host port
     address: str = ""
     created: str = ""
+    created_at: float = 0.0  # epoch seconds (to the second from `list`, exact from `inspect`)
+    finished_at: float = 0.0  # epoch seconds the container last stopped (inspect only)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -85,6 +87,61 @@ class RuntimeEvent:
     labels: dict[str, str]
     exit_code: int | None = None
     time: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A one-shot run (a minion): copy `files` in, run, collect, remove.
+
+    `files` maps plain relative names (already validated) to their bytes;
+    they are written under `workdir`, owned by the run's user. `cmd` None
+    runs the image's own command. `output_limit` caps each of stdout and
+    stderr; `output_file`, when set, names a file under `workdir` to copy
+    out after the run (a regular file of at most `output_file_limit` bytes,
+    reached without following any symlink).
+    """
+
+    image: str
+    files: dict[str, bytes]
+    labels: dict[str, str]
+    memory_bytes: int = 256 << 20
+    nano_cpus: int = 1_000_000_000
+    pids: int = 128
+    network: bool = False
+    timeout: float = 30.0
+    output_limit: int = 1 << 20
+    output_file: str | None = None
+    output_file_limit: int = 64 << 20
+    tmp_bytes: int = 64 << 20
+    nofile: int = 1024
+    uid: int = 1000
+    gid: int = 1000
+    workdir: str = "/minion"
+    env: dict[str, str] = field(default_factory=dict)
+    cmd: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a one-shot run left behind.
+
+    `stdout`/`stderr` hold at most `RunSpec.output_limit` bytes each, plus a
+    note when cut (then `*_truncated`). `exit_code` is None when the run was
+    killed for its timeout (`timed_out`). `output` is the output file's
+    bytes, or None with `output_note` saying why (missing, not a regular
+    file, too large).
+    """
+
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    exit_code: int | None
+    duration: float
+    timed_out: bool
+    oom_killed: bool
+    output: bytes | None = None
+    output_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,8 +200,16 @@ class Runtime(Protocol):
     async def remove_volume(self, name: str) -> None:
         """Delete a named volume; a volume already gone counts as done."""
 
-    def events(self, labels: dict[str, str]) -> AsyncIterator[RuntimeEvent]:
-        """Container events for containers carrying `labels`, as they happen.
+    async def image_exists(self, image: str) -> bool:
+        """Whether `image` is present locally (it is never pulled). Checked
+        before a respawn replaces a daemon, so a bad image keeps the old one."""
+
+    def events(
+        self, labels: dict[str, str], *, since: float | None = None
+    ) -> AsyncGenerator[RuntimeEvent, None]:
+        """Container events for containers carrying `labels`, as they happen
+        (and, with `since`, from that epoch time on, so a reconcile followed
+        by a subscription misses nothing).
 
         The iterator ends when the engine connection drops; the caller
         re-subscribes (and reconciles, since events may have been missed).
@@ -164,13 +229,29 @@ class Runtime(Protocol):
 
     def logs(
         self, ref: str, *, tail: int | None = None, follow: bool = False
-    ) -> AsyncIterator[OutputChunk]:
+    ) -> AsyncGenerator[OutputChunk, None]:
         """A container's recorded output, oldest first, stdout and stderr apart.
 
         `tail` keeps only the last lines (None: everything); with `follow`
         the iterator goes on with new output until the container stops.
         Called by the attach hub to replay recent output. Raises `NotFound`
         when the container does not exist.
+        """
+
+    async def run_once(self, spec: RunSpec) -> RunResult:
+        """Run a one-shot container to its end and return what it printed.
+
+        Called by minion spawns. Creates the container with the limits of
+        `spec` (no swap beyond memory, no network unless `spec.network`, all
+        capabilities dropped, no-new-privileges, non-root user, an init,
+        read-only root with a writable workdir and a size-capped /tmp),
+        copies the files in through the engine API, starts it, waits at most
+        `spec.timeout` seconds (then kills it, keeping the partial output),
+        reads stdout and stderr apart, copies the output file out, and
+        removes the container whatever happened, cancellation included.
+        Raises `ImageNotFound` when the image is not present locally (it is
+        never pulled) and `RuntimeUnavailable` when the engine fails.
+        Several runs may proceed concurrently.
         """
 
     async def close(self) -> None:

@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from datetime import datetime
 from typing import Any
 
 import aiodocker
 import aiohttp
+from aiodocker.containers import DockerContainer
+from aiodocker.stream import Stream
 
 from ..errors import Conflict, ImageNotFound, NotFound
+from . import oneshot
 from .base import (
     Attachment,
     ContainerInfo,
     OutputChunk,
+    RunResult,
+    RunSpec,
     RuntimeEvent,
     RuntimeUnavailable,
     ServiceSpec,
 )
 from .tarball import files_tar
+
+log = logging.getLogger("herder.runtime")
+
+# Seconds to wait, after a run ends, for the last frames of its output.
+_DRAIN_GRACE = 5.0
 
 
 class DockerRuntime:
@@ -167,12 +180,17 @@ class DockerRuntime:
                     raise RuntimeUnavailable("Docker Engine refused to delete the volume") from exc
                 await asyncio.sleep(0.1)
 
-    async def events(self, labels: dict[str, str]) -> AsyncIterator[RuntimeEvent]:
+    async def events(
+        self, labels: dict[str, str], *, since: float | None = None
+    ) -> AsyncGenerator[RuntimeEvent, None]:
         filters = {"type": ["container"], "label": [f"{k}={v}" for k, v in labels.items()]}
+        params = {"filters": json.dumps(filters)}
+        if since is not None:
+            params["since"] = f"{since:.6f}"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
         try:
             async with self.docker._query(
-                "events", method="GET", params={"filters": json.dumps(filters)}, timeout=timeout
+                "events", method="GET", params=params, timeout=timeout
             ) as response:
                 try:
                     async for line in response.content:
@@ -185,6 +203,95 @@ class DockerRuntime:
                     response.close()  # aiodocker's _query leaves releasing to the caller
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
             raise RuntimeUnavailable("lost the Docker event stream") from exc
+
+    # -- one-shot runs (minions) -----------------------------------------------
+
+    async def run_once(self, spec: RunSpec) -> RunResult:
+        archive = await asyncio.to_thread(files_tar, spec.files, uid=spec.uid, gid=spec.gid)
+        try:
+            container = await self.docker.containers.create(oneshot.run_config(spec))
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ImageNotFound(f"image {spec.image!r} is not available locally") from None
+            raise RuntimeUnavailable("Docker Engine refused to create the container") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable("Docker Engine not answering") from exc
+        stream = oneshot.attach_stream(self.docker, container.id)
+        try:
+            return await self._run_created(container, stream, archive, spec)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable("Docker Engine failed during the run") from exc
+        finally:
+            # Shielded: a cancelled request still removes its container.
+            await asyncio.shield(self._discard_run(container.id, stream))
+
+    async def _run_created(
+        self, container: DockerContainer, stream: Stream, archive: bytes, spec: RunSpec
+    ) -> RunResult:
+        # Copy the files in while the attach stream opens: both before start.
+        put = asyncio.ensure_future(container.put_archive(spec.workdir, archive))
+        try:
+            await stream.__aenter__()
+        except BaseException:
+            put.cancel()
+            await asyncio.gather(put, return_exceptions=True)
+            raise
+        await put
+        stdout = oneshot.CappedBuffer(spec.output_limit)
+        stderr = oneshot.CappedBuffer(spec.output_limit)
+        reader = asyncio.create_task(oneshot.capture(stream, stdout, stderr))
+        exit_code: int | None = None
+        timed_out = False
+        try:
+            started = time.monotonic()
+            await container.start()
+            try:
+                async with asyncio.timeout(spec.timeout):
+                    status = await container.wait()
+                exit_code = int(status.get("StatusCode", -1))
+            except TimeoutError:
+                timed_out = True
+                await _kill_quietly(container)
+            duration = time.monotonic() - started
+            # The stream ends when the container does; a little grace for the
+            # last frames, then whatever arrived is the output.
+            await asyncio.wait({reader}, timeout=_DRAIN_GRACE)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        oom_killed = False
+        if exit_code == 137:  # a SIGKILL we did not send: ask the engine why
+            state = (await container.show()).get("State") or {}
+            oom_killed = bool(state.get("OOMKilled"))
+        output: bytes | None = None
+        note: str | None = None
+        if spec.output_file is not None:
+            output, note = await oneshot.copy_out(
+                self.docker, container.id, spec.workdir, spec.output_file, spec.output_file_limit
+            )
+        return RunResult(
+            stdout=stdout.value(),
+            stderr=stderr.value(),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            exit_code=exit_code,
+            duration=duration,
+            timed_out=timed_out,
+            oom_killed=oom_killed,
+            output=output,
+            output_note=note,
+        )
+
+    async def _discard_run(self, container_id: str, stream: Stream) -> None:
+        try:
+            await stream.close()
+        except Exception:  # the stream is done with either way
+            log.debug("closing the attach stream of %s failed", container_id, exc_info=True)
+        try:
+            await self.remove(container_id, volumes=True)
+        except Exception:
+            # Left for the start-up sweep of this instance's minions.
+            log.warning("could not remove minion container %s", container_id, exc_info=True)
 
     # -- interactive access ------------------------------------------------------
 
@@ -203,7 +310,7 @@ class DockerRuntime:
 
     async def logs(
         self, ref: str, *, tail: int | None = None, follow: bool = False
-    ) -> AsyncIterator[OutputChunk]:
+    ) -> AsyncGenerator[OutputChunk, None]:
         info = await self.inspect(ref)
         if info is None:
             raise NotFound("the daemon does not exist")
@@ -264,7 +371,7 @@ class _DockerAttachment:
             pass
 
 
-async def _demultiplex(content: aiohttp.StreamReader) -> AsyncIterator[OutputChunk]:
+async def _demultiplex(content: aiohttp.StreamReader) -> AsyncGenerator[OutputChunk, None]:
     """Docker's multiplexed stream: 8-byte headers (stream, 3 zero bytes, big-endian size)."""
     while True:
         try:
@@ -371,6 +478,7 @@ def _from_list_entry(data: dict[str, Any]) -> ContainerInfo:
         ports=ports,
         address=address,
         created=str(data.get("Created", "")),
+        created_at=float(data.get("Created") or 0),
         raw=data,
     )
 
@@ -394,5 +502,26 @@ def _from_inspect(data: dict[str, Any]) -> ContainerInfo:
         ports=ports,
         address=address,
         created=data.get("Created", ""),
+        created_at=_docker_time(data.get("Created", "")),
+        finished_at=_docker_time(state.get("FinishedAt", "")),
         raw=data,
     )
+
+
+async def _kill_quietly(container: DockerContainer) -> None:
+    try:
+        await container.kill()
+    except aiodocker.DockerError as exc:
+        if exc.status not in (404, 409):  # gone or already stopped: done
+            raise
+
+
+def _docker_time(value: str) -> float:
+    """Epoch seconds of Docker's RFC 3339 nanosecond times; 0 for none or the zero time."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", value)
+    if match is None or value.startswith("0001-"):
+        return 0.0
+    whole, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    parsed = datetime.fromisoformat(f"{whole}.{(fraction or '0')[:6]:0<6}{zone}")
+    return parsed.timestamp()

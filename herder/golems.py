@@ -1,0 +1,346 @@
+"""Golems: one headless-Chromium container per webstrate, and the emet script.
+
+- `GET /` and `GET /golem/v1/`: the emet bootstrap script (`static/emet.js`)
+  with the herder's public URL filled in.
+- `GET /golem/v1/ls`: this herder's golems.
+- `GET|POST /golem/v1/spawn/{webstrate}`: start the golem of a webstrate; one
+  per webstrate, so spawning a running one returns it (200; a new one 201).
+- `GET|POST /golem/v1/reset/{webstrate}`: replace the golem's container with a
+  fresh one (a reloaded page); `.../kill/{webstrate}`: stop and remove it.
+
+Spawns are anonymous by default, as in golem-herder; `golem_require_token`
+makes spawn, reset and kill need a token, meters golems to the token's
+subject (a metered row in the workload registry) and lets only that subject
+reset or kill them. At most `golem_cap` golems run at once (then 429).
+
+A golem runs the image `golem_image` as uid 1000, with all capabilities
+dropped, no-new-privileges and memory/CPU/pids limits; it opens
+`<webstrates_url>/<webstrate>` (env `GOLEM_URL`). Its DevTools port 9222 is
+published on 127.0.0.1 only, on a host port Docker assigns (`DebugPort`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import insert, update
+
+from . import appkeys
+from .errors import Conflict, NoCredits, NotFound, TooManyRequests
+from .ledger import Ledger, Workload
+from .relay import Relay, check_webstrate
+from .runtime import ContainerInfo, Runtime
+from .runtime.base import (
+    LABEL_INSTANCE,
+    LABEL_JTI,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_NAME,
+    LABEL_SUBJECT,
+    ServiceSpec,
+)
+from .settings import Settings
+from .tokens import require_claims
+
+KIND = "golem"
+DEBUG_PORT = 9222
+GOLEM_USER = "1000:1000"
+GOLEM_MEMORY_BYTES = 1 << 30  # Chromium needs more than a daemon's default
+GOLEM_NANO_CPUS = 1_000_000_000
+GOLEM_PIDS = 512
+ANONYMOUS = "anonymous"
+HERDER_URL_PLACEHOLDER = '"__HERDER_URL__"'
+LIVE_STATES = ("running", "created", "restarting")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who a golem is metered to; `anonymous` and unmetered by default."""
+
+    subject: str = ANONYMOUS
+    jti: str = ""
+    metered: bool = False
+
+
+@dataclass(frozen=True)
+class Golem:
+    webstrate: str
+    container: ContainerInfo
+    connected: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "Webstrate": self.webstrate,
+            "Id": self.container.id,
+            "Name": self.container.name,
+            "State": self.container.state,
+            "Status": self.container.status,
+            "DebugPort": self.container.ports.get(str(DEBUG_PORT)),
+            "Created": self.container.created,
+            "Connected": self.connected,
+        }
+
+
+def render_emet(public_url: str) -> str:
+    """The emet script with the herder's public URL in it (blocking: a file read)."""
+    template = (resources.files("herder") / "static" / "emet.js").read_text(encoding="utf-8")
+    url = json.dumps(public_url).replace("<", "\\u003c")
+    return template.replace(HERDER_URL_PLACEHOLDER, url).replace("HERDER/", public_url + "/")
+
+
+class _KeyedLocks:
+    """One `asyncio.Lock` per key, forgotten when nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class Golems:
+    """Spawns, lists, resets and kills golems through the Runtime."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime,
+        ledger: Ledger,
+        relay: Relay,
+        instance: str,
+        emet_script: str,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.ledger = ledger
+        self.relay = relay
+        self.instance = instance
+        self.emet_script = emet_script
+        self._webstrate_locks = _KeyedLocks()
+        self._create_lock = asyncio.Lock()  # count-then-create stays under the cap
+
+    def _labels(self, webstrate: str | None = None) -> dict[str, str]:
+        labels = {LABEL_MANAGED: "1", LABEL_KIND: KIND, LABEL_INSTANCE: self.instance}
+        if webstrate is not None:
+            labels[LABEL_NAME] = webstrate
+        return labels
+
+    def _golem(self, info: ContainerInfo) -> Golem:
+        webstrate = info.labels.get(LABEL_NAME, "")
+        return Golem(webstrate, info, self.relay.connected(webstrate))
+
+    async def ls(self) -> list[Golem]:
+        containers = await self.runtime.list(self._labels())
+        return sorted((self._golem(c) for c in containers), key=lambda g: g.webstrate)
+
+    async def spawn(self, webstrate: str, owner: Owner) -> tuple[Golem, bool]:
+        """The webstrate's running golem, or a new one; True when it is new."""
+        async with self._webstrate_locks.hold(webstrate):
+            existing = await self._find(webstrate)
+            if existing is not None and existing.state == "running":
+                return self._golem(existing), False
+            if existing is not None:  # exited or dead: replace it
+                await self._remove(webstrate, existing)
+            return self._golem(await self._create(webstrate, owner)), True
+
+    async def reset(self, webstrate: str, owner: Owner) -> Golem:
+        """Replace the webstrate's golem with a fresh container."""
+        async with self._webstrate_locks.hold(webstrate):
+            existing = self._owned(webstrate, await self._find(webstrate), owner)
+            await self._remove(webstrate, existing)
+            return self._golem(await self._create(webstrate, owner))
+
+    async def kill(self, webstrate: str, owner: Owner) -> Golem:
+        """Stop and remove the webstrate's golem."""
+        async with self._webstrate_locks.hold(webstrate):
+            existing = self._owned(webstrate, await self._find(webstrate), owner)
+            await self._remove(webstrate, existing)
+            return Golem(webstrate, existing, connected=False)
+
+    def _owned(self, webstrate: str, info: ContainerInfo | None, owner: Owner) -> ContainerInfo:
+        if info is None or (
+            self.settings.golem_require_token and info.labels.get(LABEL_SUBJECT) != owner.subject
+        ):
+            raise NotFound(f"no golem for webstrate {webstrate}")
+        return info
+
+    async def _find(self, webstrate: str) -> ContainerInfo | None:
+        found = await self.runtime.list(self._labels(webstrate))
+        live = [c for c in found if c.state in LIVE_STATES]
+        candidates = live or found
+        return candidates[0] if candidates else None
+
+    async def _create(self, webstrate: str, owner: Owner) -> ContainerInfo:
+        if owner.metered and (await self.ledger.balance(owner.subject)).remaining <= 0:
+            raise NoCredits()
+        async with self._create_lock:
+            live = [c for c in await self.runtime.list(self._labels()) if c.state in LIVE_STATES]
+            if len(live) >= self.settings.golem_cap:
+                raise TooManyRequests(
+                    f"this herder runs its cap of {self.settings.golem_cap} golems; try again later"
+                )
+            spec = self._spec(webstrate, owner)
+            try:
+                info = await self.runtime.run_service(spec)
+            except Conflict:
+                # A container of ours with this name that the label lookup
+                # missed (e.g. half-created before a crash): replace it.
+                await self.runtime.remove(spec.name)
+                info = await self.runtime.run_service(spec)
+            try:
+                await self._register(webstrate, info, owner)
+            except BaseException:
+                await asyncio.shield(self.runtime.remove(info.id))
+                raise
+            return info
+
+    def _spec(self, webstrate: str, owner: Owner) -> ServiceSpec:
+        labels = self._labels(webstrate)
+        labels[LABEL_SUBJECT] = owner.subject
+        labels[LABEL_JTI] = owner.jti
+        return ServiceSpec(
+            name=f"golem-{webstrate}-{self.instance}",
+            image=self.settings.golem_image,
+            labels=labels,
+            ports=(DEBUG_PORT,),
+            bind_address="127.0.0.1",  # DevTools is full control of the browser
+            env={"GOLEM_URL": f"{self.settings.webstrates_url}/{webstrate}"},
+            memory_bytes=GOLEM_MEMORY_BYTES,
+            nano_cpus=GOLEM_NANO_CPUS,
+            pids=GOLEM_PIDS,
+            restart="unless-stopped",
+            open_stdin=False,
+            user=GOLEM_USER,
+            cap_drop_all=True,
+            extra_hosts=("host.docker.internal:host-gateway",),
+        )
+
+    async def _remove(self, webstrate: str, info: ContainerInfo) -> None:
+        self.relay.drop_golem(webstrate)
+        await self.runtime.remove(info.id)
+        await self._unregister(info)
+
+    # -- the workload registry -------------------------------------------------
+
+    async def _register(self, webstrate: str, info: ContainerInfo, owner: Owner) -> None:
+        now = int(time.time())
+        async with self.ledger.write() as conn:
+            await conn.execute(
+                insert(Workload).values(
+                    instance=self.instance,
+                    kind=KIND,
+                    subject=owner.subject,
+                    jti=owner.jti,
+                    name=webstrate,
+                    container_name=info.name,
+                    container_id=info.id,
+                    image=self.settings.golem_image,
+                    address=info.address,
+                    ports=json.dumps(info.ports),
+                    state="running",
+                    metered=owner.metered,
+                    started_at=now,
+                    metered_until=now,
+                )
+            )
+
+    async def _unregister(self, info: ContainerInfo) -> None:
+        async with self.ledger.write() as conn:
+            await conn.execute(
+                update(Workload)
+                .where(
+                    Workload.instance == self.instance,
+                    Workload.container_id == info.id,
+                    Workload.state == "running",
+                )
+                .values(state="stopped", stopped_at=int(time.time()))
+            )
+
+
+async def golems_context(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: needs the database, the runtime and the relay."""
+    settings = app[appkeys.SETTINGS]
+    script = await asyncio.to_thread(render_emet, settings.public_url)
+    app[appkeys.GOLEMS] = Golems(
+        settings,
+        app[appkeys.RUNTIME],
+        app[appkeys.LEDGER],
+        app[appkeys.RELAY],
+        app[appkeys.INSTANCE],
+        script,
+    )
+    yield
+
+
+# -- handlers -----------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+async def _owner(request: web.Request) -> Owner:
+    if not request.app[appkeys.SETTINGS].golem_require_token:
+        return Owner()
+    claims = await require_claims(request)
+    return Owner(subject=claims.sub, jti=claims.jti, metered=True)
+
+
+@routes.get("/")
+@routes.get("/golem/v1/")
+async def emet(request: web.Request) -> web.Response:
+    return web.Response(
+        text=request.app[appkeys.GOLEMS].emet_script,
+        content_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=60"},
+    )
+
+
+@routes.get("/golem/v1/ls")
+async def ls(request: web.Request) -> web.Response:
+    golems = await request.app[appkeys.GOLEMS].ls()
+    return web.json_response([g.to_json() for g in golems])
+
+
+@routes.get("/golem/v1/spawn/{webstrate}")
+@routes.post("/golem/v1/spawn/{webstrate}")
+async def spawn(request: web.Request) -> web.Response:
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    owner = await _owner(request)
+    golem, created = await request.app[appkeys.GOLEMS].spawn(webstrate, owner)
+    return web.json_response(golem.to_json(), status=201 if created else 200)
+
+
+@routes.get("/golem/v1/reset/{webstrate}")
+@routes.post("/golem/v1/reset/{webstrate}")
+async def reset(request: web.Request) -> web.Response:
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    owner = await _owner(request)
+    golem = await request.app[appkeys.GOLEMS].reset(webstrate, owner)
+    return web.json_response(golem.to_json())
+
+
+@routes.get("/golem/v1/kill/{webstrate}")
+@routes.post("/golem/v1/kill/{webstrate}")
+async def kill(request: web.Request) -> web.Response:
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    owner = await _owner(request)
+    golem = await request.app[appkeys.GOLEMS].kill(webstrate, owner)
+    return web.json_response(golem.to_json())

@@ -1,0 +1,376 @@
+"""Minions: short code runs in a language environment (`POST /minion/v1/spawn`).
+
+A spawn names an environment (`env`, mapped to an image by the `images`
+setting), optionally an `output` file to hand back, and carries every other
+form field as a file written to `/minion/<field name>`. The image runs
+`sh /minion/main.sh`; the run is charged `max(1, ceil(seconds)) * credit_rate`
+credits to the token's subject, timeouts included.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import mimetypes
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from . import appkeys
+from .errors import BadRequest, ImageNotFound, MinionTimeout, NoCredits, PayloadTooLarge, UnknownEnv
+from .ledger import Ledger
+from .runtime import RunResult, RunSpec, Runtime, RuntimeUnavailable
+from .runtime.base import (
+    LABEL_INSTANCE,
+    LABEL_JTI,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_NAME,
+    LABEL_SUBJECT,
+)
+from .settings import Settings
+from .tokens import Claims, require_claims
+
+log = logging.getLogger("herder.minions")
+
+KIND = "minion"
+WORKDIR = "/minion"
+CONTROL_FIELDS = frozenset({"env", "output"})
+MAX_FILES = 200
+MAX_NAME_BYTES = 1024  # a whole relative name
+MAX_COMPONENT_BYTES = 255  # one path component, as most file systems allow
+MAX_DEPTH = 16
+MAX_CONTROL_BYTES = 1024  # the `env` and `output` fields
+MAX_OUTPUT_FILE_BYTES = 64 << 20
+TMP_BYTES = 64 << 20
+_ABSOLUTE_NAME = re.compile(r'(?:^|;)\s*name\*?\s*=\s*"?\s*[\\/]')
+
+
+# -- validation (pure) --------------------------------------------------------
+
+
+def check_file_name(name: str) -> str:
+    """`name` if it is a plain relative name under /minion; else `BadRequest`.
+
+    Components are separated by `/`; none may be empty, `.` or `..`; no NUL
+    or other control character; bounded length and depth.
+    """
+    shown = name[:80].encode("unicode_escape").decode()
+    if not name:
+        raise BadRequest("empty file name")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise BadRequest(f"file name too long (at most {MAX_NAME_BYTES} bytes): {shown!r}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise BadRequest(f"file name with a control character (NUL, newline...): {shown!r}")
+    if name.startswith("/"):
+        raise BadRequest(f"file name must be relative to /minion: {shown!r}")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise BadRequest(f"file name with an empty, '.' or '..' component: {shown!r}")
+    if len(parts) > MAX_DEPTH:
+        raise BadRequest(f"file name nested too deep (at most {MAX_DEPTH} levels): {shown!r}")
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES for part in parts):
+        raise BadRequest(f"file name component too long (at most 255 bytes): {shown!r}")
+    return name
+
+
+def check_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Every name checked, and no name both a file and a directory of another."""
+    if len(files) > MAX_FILES:
+        raise BadRequest(f"too many files (at most {MAX_FILES})")
+    for name in files:
+        check_file_name(name)
+    directories = {
+        "/".join(name.split("/")[:i]) for name in files for i in range(1, name.count("/") + 1)
+    }
+    clash = sorted(directories & files.keys())
+    if clash:
+        raise BadRequest(f"{clash[0]!r} is both a file and a directory")
+    return files
+
+
+def image_for(settings: Settings, env: str | None) -> str:
+    """The image of environment `env`; `UnknownEnv` (listing the known ones) otherwise."""
+    known = sorted(settings.images)
+    if not env:
+        raise UnknownEnv(f"env is required; known environments: {', '.join(known)}", known=known)
+    image = settings.images.get(env)
+    if image is None:
+        shown = env[:64].encode("unicode_escape").decode()
+        raise UnknownEnv(
+            f"unknown env {shown!r}; known environments: {', '.join(known)}", known=known
+        )
+    return image
+
+
+def credits_for(seconds: float, rate: int) -> tuple[int, int]:
+    """(billed seconds, credits) of a run: whole seconds rounded up, at least one."""
+    billed = max(1, math.ceil(seconds))
+    return billed, billed * rate
+
+
+def mime_type(name: str) -> str:
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+# -- the request ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    env: str | None
+    output: str | None
+    files: dict[str, bytes]
+
+
+class _Form:
+    """Collects fields, refusing duplicates and keeping control fields apart."""
+
+    def __init__(self) -> None:
+        self.control: dict[str, str] = {}
+        self.files: dict[str, bytes] = {}
+
+    def add(self, name: str, value: bytes) -> None:
+        if name in CONTROL_FIELDS:
+            if name in self.control:
+                raise BadRequest(f"field {name!r} given twice")
+            if len(value) > MAX_CONTROL_BYTES:
+                raise BadRequest(f"field {name!r} is too long")
+            try:
+                self.control[name] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"field {name!r} is not UTF-8") from None
+            return
+        check_file_name(name)
+        if name in self.files:
+            raise BadRequest(f"file {name!r} given twice")
+        if len(self.files) >= MAX_FILES:
+            raise BadRequest(f"too many files (at most {MAX_FILES})")
+        self.files[name] = value
+
+
+async def read_spawn_request(request: web.Request, max_bytes: int) -> SpawnRequest:
+    """Parse an urlencoded or multipart spawn form, never holding more than
+    `max_bytes` of body; `env` and `output` may also come in the query string
+    (as Go's `FormValue` allowed)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body too large (at most {max_bytes} bytes)")
+    form = _Form()
+    if request.content_type == "multipart/form-data":
+        await _read_multipart(request, form, max_bytes)
+    elif request.content_type == "application/x-www-form-urlencoded":
+        # `post()` enforces the app's client_max_size (413 beyond it).
+        for name, value in (await request.post()).items():
+            if not isinstance(value, str):
+                raise BadRequest("unexpected file in an urlencoded form")
+            form.add(name, value.encode("utf-8"))
+    elif request.can_read_body:
+        raise BadRequest(
+            "expected a form: application/x-www-form-urlencoded or multipart/form-data"
+        )
+    for name in sorted(CONTROL_FIELDS):
+        if name not in form.control and name in request.query:
+            form.add(name, request.query[name].encode("utf-8"))
+    output = form.control.get("output") or None
+    if output is not None:
+        check_file_name(output)
+    return SpawnRequest(env=form.control.get("env"), output=output, files=check_files(form.files))
+
+
+async def _read_multipart(request: web.Request, form: _Form, max_bytes: int) -> None:
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError):
+        raise BadRequest("malformed multipart body") from None
+    total = 0
+    while True:
+        try:
+            part = await reader.next()
+        except HttpProcessingError:
+            raise BadRequest(
+                "malformed multipart part headers (a control character in a name?)"
+            ) from None
+        except ValueError:
+            raise BadRequest("malformed multipart body") from None
+        if part is None:
+            return
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("nested multipart bodies are not supported")
+        if not part.name:
+            raise BadRequest("a multipart part without a field name")
+        if _ABSOLUTE_NAME.search(part.headers.get(hdrs.CONTENT_DISPOSITION, "")):
+            # aiohttp strips a leading slash from names; refuse it as sent.
+            raise BadRequest(f"file name must be relative to /minion: {'/' + part.name!r}")
+        chunks: list[bytes] = []
+        while chunk := await part.read_chunk(1 << 16):
+            total += len(chunk)
+            if total > max_bytes:
+                raise PayloadTooLarge(f"request body too large (at most {max_bytes} bytes)")
+            chunks.append(chunk)
+        form.add(part.name, b"".join(chunks))
+
+
+# -- the service ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MinionRun:
+    """A finished run and what it was charged."""
+
+    env: str
+    output_name: str | None
+    result: RunResult
+    credits: int
+    memory_mb: int
+
+    def stderr_text(self) -> str:
+        """stderr, with a note when the run was killed for memory or its
+        output file could not be returned."""
+        notes = []
+        if self.result.oom_killed:
+            notes.append(f"killed: out of memory (limit {self.memory_mb} MiB)")
+        if self.output_name is not None and self.result.output is None:
+            notes.append(
+                self.result.output_note or f"output file {self.output_name!r} not returned"
+            )
+        return _text(self.result.stderr) + "".join(f"\n[herder: {note}]\n" for note in notes)
+
+
+class Minions:
+    """Spawns minions for token holders and charges their runs."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, runtime: Runtime, instance: str) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.runtime = runtime
+        self.instance = instance
+
+    def labels(self, claims: Claims, env: str) -> dict[str, str]:
+        return {
+            LABEL_MANAGED: "1",
+            LABEL_KIND: KIND,
+            LABEL_SUBJECT: claims.sub,
+            LABEL_JTI: claims.jti,
+            LABEL_NAME: env,
+            LABEL_INSTANCE: self.instance,
+        }
+
+    async def spawn(self, claims: Claims, request: SpawnRequest) -> MinionRun:
+        """Run one minion to its end and charge it; raises `MinionTimeout`
+        (carrying the partial output) when it ran over its time."""
+        image = image_for(self.settings, request.env)
+        assert request.env is not None
+        balance = await self.ledger.balance(claims.sub)
+        if balance.remaining <= 0:
+            raise NoCredits(f"no credits left for {claims.sub}")
+        spec = RunSpec(
+            image=image,
+            files=request.files,
+            labels=self.labels(claims, request.env),
+            memory_bytes=self.settings.minion_memory_mb << 20,
+            nano_cpus=int(self.settings.minion_cpus * 1e9),
+            pids=self.settings.minion_pids,
+            network=self.settings.minion_network,
+            timeout=self.settings.minion_timeout,
+            output_limit=self.settings.minion_output_limit,
+            output_file=request.output,
+            output_file_limit=MAX_OUTPUT_FILE_BYTES,
+            tmp_bytes=TMP_BYTES,
+            workdir=WORKDIR,
+            env={"HOME": "/tmp"},  # the root is read-only; tools want a writable home
+        )
+        try:
+            result = await self.runtime.run_once(spec)
+        except ImageNotFound:
+            raise ImageNotFound(
+                f"the image {image!r} of env {request.env!r} is not built on this herder; "
+                f"run `herder images build {request.env}`"
+            ) from None
+        seconds, credits = credits_for(result.duration, self.settings.credit_rate)
+        await self.ledger.charge(claims.sub, claims.jti, KIND, request.env, seconds, credits)
+        if result.timed_out:
+            raise MinionTimeout(
+                f"minion ran over its {self.settings.minion_timeout:g} s and was killed",
+                StdOut=_text(result.stdout),
+                StdErr=_text(result.stderr),
+                ExitCode=None,
+                Duration=round(result.duration, 3),
+            )
+        return MinionRun(
+            env=request.env,
+            output_name=request.output,
+            result=result,
+            credits=credits,
+            memory_mb=self.settings.minion_memory_mb,
+        )
+
+    async def sweep(self) -> None:
+        """Remove minions this instance left behind (a crash mid-run)."""
+        try:
+            for info in await self.runtime.list({LABEL_KIND: KIND, LABEL_INSTANCE: self.instance}):
+                log.info("removing leftover minion container %s", info.id[:12])
+                await self.runtime.remove(info.id, volumes=True)
+        except RuntimeUnavailable:
+            log.warning("could not sweep leftover minions: the container engine is unavailable")
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+# -- routes ---------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/minion/v1/spawn")
+async def spawn(request: web.Request) -> web.StreamResponse:
+    claims = await require_claims(request)
+    settings = request.app[appkeys.SETTINGS]
+    spawn_request = await read_spawn_request(request, settings.max_body_bytes)
+    run = await request.app[appkeys.MINIONS].spawn(claims, spawn_request)
+    result = run.result
+    headers = {
+        "X-Minion-Exit-Code": str(result.exit_code),
+        "X-Minion-Duration": f"{result.duration:.3f}",
+        "X-Minion-Credits": str(run.credits),
+    }
+    if run.output_name is not None and result.output is not None:
+        return web.Response(
+            body=result.output, content_type=mime_type(run.output_name), headers=headers
+        )
+    body = {
+        "StdOut": _text(result.stdout),
+        "StdErr": run.stderr_text(),
+        "ExitCode": result.exit_code,
+        "Duration": round(result.duration, 3),
+    }
+    if result.oom_killed:
+        body["OOMKilled"] = True
+    return web.json_response(body, headers=headers)
+
+
+@routes.get("/minion/v1/envs")
+async def envs(request: web.Request) -> web.Response:
+    """The environments and their images, and whether each image is built here."""
+    settings = request.app[appkeys.SETTINGS]
+    runtime = request.app[appkeys.RUNTIME]
+    listed = [
+        {"name": name, "image": image, "available": await runtime.image_exists(image)}
+        for name, image in sorted(settings.images.items())
+    ]
+    return web.json_response({"envs": listed})
+
+
+async def minions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The minion service; leftovers of this instance are removed at start."""
+    minions = Minions(
+        app[appkeys.SETTINGS], app[appkeys.LEDGER], app[appkeys.RUNTIME], app[appkeys.INSTANCE]
+    )
+    await minions.sweep()
+    app[appkeys.MINIONS] = minions
+    yield

@@ -1,0 +1,217 @@
+"""Keep the registry (desired state) in step with Docker (actual state).
+
+`Reconciler.reconcile()` runs at start and whenever the event stream had to be
+re-opened (events may have been missed):
+
+- a registered run whose container still runs goes on being metered (the
+  next tick charges the time the herder was down, once); its address and
+  host ports are refreshed;
+- a registered run whose container stopped is charged up to the container's
+  stop time and closed; one whose container is gone is closed;
+- a container this herder registered before but whose run is closed, and
+  that runs again (Docker restarted it), is metered again, or stopped when
+  its subject has no credits;
+- a container of this herder's instance that the registry has never heard
+  of and that is older than this process is a leftover (a crash between
+  create and register, a minion whose herder died): it is removed.
+
+`Reconciler.run()` reconciles, then follows Docker's event stream, so a
+daemon that exits, is OOM-killed or removed by hand stops costing credits at
+once; no container is polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from .ledger import Ledger, Workload
+from .runtime import ContainerInfo, Runtime
+from .runtime.base import (
+    LABEL_INSTANCE,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    RuntimeEvent,
+)
+from .settings import Settings
+
+log = logging.getLogger("herder.reconcile")
+
+METERED_KINDS = ("daemon",)
+# Kinds whose unknown containers are removed. Golems keep their own state.
+SWEPT_KINDS = ("daemon", "minion")
+STOP_EVENTS = ("die", "destroy")
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class ReconcileReport:
+    kept: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        runtime: Runtime,
+        instance: str,
+        *,
+        started_at: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.runtime = runtime
+        self.instance = instance
+        # Containers created after this are never "unknown": a spawn may be
+        # between creating its container and registering it.
+        self.started_at = time.time() if started_at is None else started_at
+        self.reconciled = asyncio.Event()
+
+    @property
+    def _labels(self) -> dict[str, str]:
+        return {LABEL_MANAGED: "1", LABEL_INSTANCE: self.instance}
+
+    async def reconcile(self) -> ReconcileReport:
+        report = ReconcileReport()
+        containers = {c.id: c for c in await self.runtime.list(self._labels)}
+        for kind in METERED_KINDS:
+            for row in await self.ledger.running_workloads(self.instance, kind):
+                found = containers.get(row.container_id or "")
+                if found is not None and found.state == "running":
+                    await self._refresh(row, found)
+                    report.kept.append(row.container_name)
+                    continue
+                await self._close_run(row, found)
+                report.closed.append(row.container_name)
+        candidates = [c for c in containers.values() if c.labels.get(LABEL_KIND) in SWEPT_KINDS]
+        known = await self.ledger.known_containers(self.instance, [c.id for c in candidates])
+        for container in candidates:
+            container_kind = container.labels.get(LABEL_KIND)
+            if container.id in known:
+                if container_kind in METERED_KINDS and container.state == "running":
+                    if await self.resume(container):
+                        report.resumed.append(container.name)
+                continue
+            exact = await self.runtime.inspect(container.id)
+            if exact is not None and 0 < exact.created_at < self.started_at:
+                log.warning(
+                    "removing unknown herder container %s (%s)", container.name, container_kind
+                )
+                await self.runtime.remove(container.id, volumes=True)
+                report.removed.append(container.name)
+        self.reconciled.set()
+        if report.closed or report.resumed or report.removed:
+            log.info(
+                "reconciled: kept %d, closed %s, resumed %s, removed %s",
+                len(report.kept),
+                report.closed,
+                report.resumed,
+                report.removed,
+            )
+        return report
+
+    async def _refresh(self, row: Workload, container: ContainerInfo) -> None:
+        ports = _ports_like(row, container)
+        if container.address != row.address or json.loads(row.ports or "{}") != ports:
+            await self.ledger.update_workload_endpoint(row.id, container.address, ports)
+
+    async def _close_run(self, row: Workload, listed: ContainerInfo | None) -> None:
+        """Close a run whose container no longer runs, charged up to its stop time."""
+        if row.container_id is None:
+            return
+        end = float(row.metered_until)
+        if listed is not None:
+            inspected = await self.runtime.inspect(row.container_id)
+            if inspected is not None and inspected.state == "running":
+                return  # it came back meanwhile
+            if inspected is not None and inspected.finished_at:
+                end = inspected.finished_at
+        await self.ledger.close_workload(
+            self.instance, row.container_id, at=end, rate=self.settings.credit_rate
+        )
+
+    async def resume(self, container: ContainerInfo) -> bool:
+        """Meter again a known daemon that runs without an open run (Docker
+        restarted it). Stopped instead when its subject has no credits."""
+        if await self.ledger.running_workload(self.instance, "daemon", container.name):
+            return False
+        previous = await self.ledger.last_workload(self.instance, container.id)
+        if previous is None:
+            return False  # not registered yet: its spawn will
+        if (await self.ledger.balance(previous.subject)).remaining <= 0:
+            log.info(
+                "daemon %s runs again but %s has no credits: stopping",
+                container.name,
+                previous.subject,
+            )
+            await self.runtime.stop(container.id)
+            return False
+        resumed = await self.ledger.resume_workload(
+            self.instance,
+            container.id,
+            address=container.address,
+            ports=_ports_like(previous, container),
+        )
+        if resumed is not None:
+            log.info("daemon %s runs again: metering it", container.name)
+        return resumed is not None
+
+    async def handle(self, event: RuntimeEvent) -> None:
+        """Apply one container event of this herder's daemons."""
+        if event.labels.get(LABEL_KIND) not in METERED_KINDS:
+            return
+        if event.action == "oom":
+            log.warning("daemon %s was killed: out of memory", event.id[:12])
+        elif event.action in STOP_EVENTS:
+            closed = await self.ledger.close_workload(
+                self.instance,
+                event.id,
+                at=event.time or time.time(),
+                rate=self.settings.credit_rate,
+            )
+            if closed is not None:
+                log.info("daemon %s stopped (%s)", closed.container_name, event.action)
+        elif event.action == "start":
+            info = await self.runtime.inspect(event.id)
+            if info is not None and info.state == "running":
+                await self.resume(info)
+
+    async def run(self) -> None:
+        """Reconcile, then follow the event stream; again after any engine error."""
+        backoff = 1.0
+        while True:
+            try:
+                mark = time.time()
+                await self.reconcile()
+                stream = self.runtime.events(self._labels | {LABEL_KIND: "daemon"}, since=mark - 1)
+                async with aclosing(stream):
+                    async for event in stream:
+                        backoff = 1.0
+                        try:
+                            await self.handle(event)
+                        except Exception:
+                            log.exception("could not apply the %s event", event.action)
+                log.warning("Docker event stream ended; reconciling")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciler failed; retrying in %.0f s", backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def _ports_like(row: Workload, container: ContainerInfo) -> dict[str, int]:
+    """The run's ports in their requested order, with the container's host ports now."""
+    try:
+        wanted = list(json.loads(row.ports or "{}"))
+    except (ValueError, TypeError):
+        wanted = []
+    return {p: container.ports.get(p, 0) for p in wanted}

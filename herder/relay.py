@@ -1,0 +1,472 @@
+"""The WebSocket relay between a golem and the ad-hoc minions of its webstrate.
+
+Three sockets, no token (as in golem-herder v1):
+
+- `WS /golem/v1/connect/{webstrate}`: the golem's control socket, one per
+  webstrate (a second one gets 409 before the upgrade). It receives
+  `{"Event": "minion-connected", "ID": id, "Type": type}` and
+  `{"Event": "minion-disconnected", "ID": id}`; what the golem sends on it is
+  ignored.
+- `WS /minion/v1/connect/{webstrate}?type=T`: an ad-hoc minion. It waits up to
+  `settings.golem_wait` seconds for the golem's control socket; without one it
+  gets `{"Event": "golem-not-found", "ID": webstrate}` and is closed.
+- `WS /golem/v1/connect-to/{webstrate}/{minion}`: the golem's data channel to
+  one minion (one at a time; 404 for an unknown minion, 409 while another is
+  open). The minion first gets `{"Event": "golem-connected"}`, then every
+  frame is relayed both ways unchanged, text as text and binary as binary.
+  When the channel closes the minion gets `{"Event": "golem-disconnected"}`;
+  when the minion goes, the channel gets `{"Event": "minion-disconnected",
+  "ID": id}` and is closed.
+
+When the control socket goes (or the golem is killed or reset), every minion
+of the webstrate gets `golem-disconnected` and is closed with 1001.
+
+Every socket has a bounded outbound queue drained by its own writer task: a
+peer that does not read fast enough is closed with code 1008 and the reason
+`send queue full` instead of growing the herder's memory. Frames a minion
+sends before the golem opened its data channel wait in a bounded buffer too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import re
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import appkeys
+from .errors import BadRequest, Conflict, NotFound
+
+log = logging.getLogger("herder.relay")
+
+WEBSTRATE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MINION_TYPE_MAX = 128
+
+QUEUE_FRAMES = 1024
+"""Frames one direction may hold before its reader counts as too slow."""
+QUEUE_BYTES = 8 << 20
+"""Bytes one direction may hold before its reader counts as too slow."""
+MAX_FRAME_BYTES = 4 << 20
+HEARTBEAT = 20.0
+CLOSE_TIMEOUT = 5.0
+
+CLOSE_SLOW_PEER = WSCloseCode.POLICY_VIOLATION  # 1008
+CLOSE_GOLEM_GONE = WSCloseCode.GOING_AWAY  # 1001
+
+
+def check_webstrate(webstrate: str) -> str:
+    """Webstrate ids are `[A-Za-z0-9_-]{1,64}`; anything else is a 400."""
+    if not WEBSTRATE_RE.fullmatch(webstrate):
+        raise BadRequest("webstrate ids are 1 to 64 characters of A-Z, a-z, 0-9, _ and -")
+    return webstrate
+
+
+def event(name: str, **fields: str) -> Frame:
+    return Frame(json.dumps({"Event": name, **fields}))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One WebSocket message: `str` is a text frame, `bytes` a binary one."""
+
+    data: str | bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+class Peer:
+    """One relay WebSocket with a bounded outbound queue and its writer task.
+
+    `send` never blocks: it queues, or, when the queue is full, aborts the
+    socket with 1008. Frames queued before `start` (the upgrade) wait for it.
+    `finish` closes after what is queued is sent; `abort` drops the queue,
+    calls `on_abort` (so the relay forgets the peer at once) and closes now;
+    a peer that does not take the close frame within `CLOSE_TIMEOUT` has its
+    connection cut. `aclose` (from the handler's `finally`) waits for the
+    writer, so no task outlives its socket.
+    """
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, label: str) -> None:
+        self.ws = ws
+        self.label = label
+        self.on_abort: Callable[[], None] | None = None
+        self._transport = request.transport
+        self._queue: deque[Frame] = deque()
+        self._bytes = 0
+        self._wakeup = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self._close is not None or self.ws.closed
+
+    def start(self) -> None:
+        """Start writing; call once the socket is prepared."""
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._pump(), name=f"relay-writer {self.label}")
+
+    def send(self, frame: Frame) -> None:
+        if self.closing:
+            return
+        if len(self._queue) >= QUEUE_FRAMES or self._bytes + frame.size > QUEUE_BYTES:
+            log.warning("relay: %s reads too slowly; closing it", self.label)
+            self.abort(CLOSE_SLOW_PEER, "send queue full: peer too slow")
+            return
+        self._queue.append(frame)
+        self._bytes += frame.size
+        self._wakeup.set()
+
+    def finish(self, code: int = WSCloseCode.OK, reason: str = "") -> None:
+        """Close once the queued frames are sent."""
+        if self._close is None:
+            self._close = (code, reason)
+            self._wakeup.set()
+
+    def abort(self, code: int, reason: str) -> None:
+        """Drop what is queued and close now."""
+        self._queue.clear()
+        self._bytes = 0
+        if self._close is None:
+            self._close = (code, reason)
+        if self.on_abort is not None:
+            on_abort, self.on_abort = self.on_abort, None
+            on_abort()
+        if self._writer is not None and not self._writer.done():
+            # The writer may be stuck in a send to a peer that does not read;
+            # a send cancelled while it waits for the transport to drain has
+            # already written whole frames.
+            self._writer.cancel()
+            self._writer = asyncio.create_task(self._close_ws(), name=f"relay-close {self.label}")
+        self._wakeup.set()
+
+    async def aclose(self) -> None:
+        """Send what is queued, close the socket, and wait for the writer."""
+        self.finish(WSCloseCode.OK)
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        if self.ws.prepared and not self.ws.closed:
+            await self._close_ws()
+
+    async def _pump(self) -> None:
+        while True:
+            while self._queue:
+                frame = self._queue.popleft()
+                self._bytes -= frame.size
+                try:
+                    if isinstance(frame.data, str):
+                        await self.ws.send_str(frame.data)
+                    else:
+                        await self.ws.send_bytes(frame.data)
+                except (ConnectionError, RuntimeError):
+                    return  # the peer went; its handler cleans up
+            if self._close is not None:
+                await self._close_ws()
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _close_ws(self) -> None:
+        code, reason = self._close or (WSCloseCode.OK, "")
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.ws.close(code=code, message=reason.encode())
+        except TimeoutError:
+            # The peer does not read: drop what the transport still holds.
+            if self._transport is not None:
+                self._transport.abort()
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+@dataclass(eq=False)
+class MinionSession:
+    id: str
+    type: str
+    peer: Peer
+    channel: Peer | None = None
+    # Frames the minion sent before the golem opened its data channel.
+    pending: deque[Frame] = field(default_factory=deque)
+    pending_bytes: int = 0
+    told_golem_gone: bool = False
+
+    def to_golem(self, frame: Frame) -> None:
+        if self.channel is not None:
+            self.channel.send(frame)
+            return
+        if len(self.pending) >= QUEUE_FRAMES or self.pending_bytes + frame.size > QUEUE_BYTES:
+            log.warning("relay: minion %s sends with no golem reading; closing it", self.id)
+            self.peer.abort(CLOSE_SLOW_PEER, "send queue full: no golem reading")
+            return
+        self.pending.append(frame)
+        self.pending_bytes += frame.size
+
+    def attach(self, channel: Peer) -> None:
+        self.channel = channel
+        self.told_golem_gone = False
+        self.peer.send(event("golem-connected"))
+        while self.pending:
+            channel.send(self.pending.popleft())
+        self.pending_bytes = 0
+
+    def detach(self, channel: Peer) -> None:
+        """The data channel closed: tell the minion, once."""
+        if self.channel is channel:
+            self.channel = None
+            self.golem_gone()
+
+    def golem_gone(self) -> None:
+        if not self.told_golem_gone:
+            self.told_golem_gone = True
+            self.peer.send(event("golem-disconnected"))
+
+
+@dataclass(eq=False)
+class GolemSession:
+    webstrate: str
+    control: Peer
+    minions: dict[str, MinionSession] = field(default_factory=dict)
+
+
+class Relay:
+    """The in-memory registry of connected golems and minions (one per herder)."""
+
+    def __init__(self, golem_wait: float) -> None:
+        self.golem_wait = golem_wait
+        self._golems: dict[str, GolemSession] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._sockets: set[web.WebSocketResponse] = set()
+
+    def connected(self, webstrate: str) -> bool:
+        return webstrate in self._golems
+
+    def connected_webstrates(self) -> list[str]:
+        return sorted(self._golems)
+
+    # -- golem control socket --------------------------------------------------
+
+    def claim_golem(self, webstrate: str, control: Peer) -> GolemSession:
+        """Register the control socket; 409 when the webstrate has one."""
+        if webstrate in self._golems:
+            raise Conflict(f"a golem is already connected for webstrate {webstrate}")
+        session = GolemSession(webstrate, control)
+        self._golems[webstrate] = session
+        for waiter in self._waiters.pop(webstrate, set()):
+            if not waiter.done():
+                waiter.set_result(None)
+        return session
+
+    def release_golem(self, session: GolemSession, code: int, reason: str) -> None:
+        """The golem went: unregister it and close its minions and channels."""
+        if self._golems.get(session.webstrate) is session:
+            del self._golems[session.webstrate]
+        for minion in list(session.minions.values()):
+            channel, minion.channel = minion.channel, None
+            if channel is not None:
+                channel.finish(code, reason)
+            minion.golem_gone()
+            minion.peer.finish(code, reason)
+        session.minions.clear()
+        session.control.finish(code, reason)
+
+    def drop_golem(self, webstrate: str) -> None:
+        """Called when the golem's container is killed or reset."""
+        session = self._golems.get(webstrate)
+        if session is not None:
+            self.release_golem(session, CLOSE_GOLEM_GONE, "golem stopped")
+
+    async def wait_for_golem(self, webstrate: str) -> GolemSession:
+        """The webstrate's golem, once its control socket is connected."""
+        loop = asyncio.get_running_loop()
+        while (session := self._golems.get(webstrate)) is None:
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters = self._waiters.setdefault(webstrate, set())
+            waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                waiters.discard(waiter)
+                if not waiters and self._waiters.get(webstrate) is waiters:
+                    del self._waiters[webstrate]
+        return session
+
+    # -- minions -----------------------------------------------------------------
+
+    def add_minion(self, golem: GolemSession, minion: MinionSession) -> bool:
+        """Announce the minion to its golem; False when that golem has gone."""
+        if self._golems.get(golem.webstrate) is not golem:
+            return False
+        golem.minions[minion.id] = minion
+        golem.control.send(event("minion-connected", ID=minion.id, Type=minion.type))
+        return True
+
+    def remove_minion(self, golem: GolemSession, minion: MinionSession) -> None:
+        if golem.minions.pop(minion.id, None) is None:
+            return  # the golem went first and already closed everything
+        golem.control.send(event("minion-disconnected", ID=minion.id))
+        channel, minion.channel = minion.channel, None
+        if channel is not None:
+            channel.send(event("minion-disconnected", ID=minion.id))
+            channel.finish(WSCloseCode.OK, "minion disconnected")
+
+    def find_minion(self, webstrate: str, minion_id: str) -> MinionSession:
+        session = self._golems.get(webstrate)
+        minion = session.minions.get(minion_id) if session else None
+        if minion is None:
+            raise NotFound(f"no minion {minion_id} is connected to webstrate {webstrate}")
+        if minion.channel is not None:
+            raise Conflict(f"minion {minion_id} already has a data channel")
+        return minion
+
+    # -- sockets -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def tracking(self, ws: web.WebSocketResponse) -> Iterator[None]:
+        self._sockets.add(ws)
+        try:
+            yield
+        finally:
+            self._sockets.discard(ws)
+
+    async def shutdown(self) -> None:
+        """Close every relay socket (on application shutdown), all at once."""
+
+        async def close(ws: web.WebSocketResponse) -> None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+        await asyncio.gather(*(close(ws) for ws in list(self._sockets)))
+
+
+async def on_shutdown(app: web.Application) -> None:
+    await app[appkeys.RELAY].shutdown()
+
+
+# -- handlers ---------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+def _socket() -> web.WebSocketResponse:
+    return web.WebSocketResponse(
+        heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME_BYTES, timeout=CLOSE_TIMEOUT
+    )
+
+
+async def _frames(ws: web.WebSocketResponse) -> AsyncIterator[Frame]:
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            yield Frame(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            yield Frame(msg.data)
+
+
+@routes.get("/golem/v1/connect/{webstrate}")
+async def golem_connect(request: web.Request) -> web.WebSocketResponse:
+    relay = request.app[appkeys.RELAY]
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    ws = _socket()
+    peer = Peer(request, ws, f"golem {webstrate}")
+    session = relay.claim_golem(webstrate, peer)  # 409 before the upgrade
+    peer.on_abort = lambda: relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
+    with relay.tracking(ws):
+        try:
+            await ws.prepare(request)
+            peer.start()
+            log.info("golem connected for %s", webstrate)
+            async for _frame in _frames(ws):
+                pass  # the control socket is one-way
+        finally:
+            relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
+            await peer.aclose()
+            log.info("golem disconnected for %s", webstrate)
+    return ws
+
+
+@routes.get("/minion/v1/connect/{webstrate}")
+async def minion_connect(request: web.Request) -> web.WebSocketResponse:
+    relay = request.app[appkeys.RELAY]
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    minion_type = request.query.get("type", "")
+    if len(minion_type) > MINION_TYPE_MAX or not minion_type.isprintable():
+        raise BadRequest(f"type must be at most {MINION_TYPE_MAX} printable characters")
+    ws = _socket()
+    await ws.prepare(request)
+    with relay.tracking(ws):
+        peer = Peer(request, ws, f"minion of {webstrate}")
+        peer.start()
+        minion = MinionSession(uuid.uuid4().hex, minion_type, peer)
+        golem: GolemSession | None = None
+        # Read from the start: a minion that leaves while it waits is noticed,
+        # and what it sends early waits (bounded) for the golem's data channel.
+        reading = asyncio.create_task(_read_minion(ws, minion))
+        waiting = asyncio.create_task(_golem_within(relay, webstrate, relay.golem_wait))
+        try:
+            await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done() or peer.closing:
+                return ws  # the minion left (or overflowed) before its golem came
+            golem = waiting.result()
+            if golem is None:
+                peer.send(event("golem-not-found", ID=webstrate))
+                peer.finish(WSCloseCode.OK, "golem not found")
+                return ws
+            if not relay.add_minion(golem, minion):  # it left while this one woke up
+                minion.golem_gone()
+                peer.finish(CLOSE_GOLEM_GONE, "golem disconnected")
+                return ws
+            peer.on_abort = functools.partial(relay.remove_minion, golem, minion)
+            await reading
+        finally:
+            for task in (reading, waiting):
+                task.cancel()
+            await asyncio.gather(reading, waiting, return_exceptions=True)
+            if golem is not None:
+                relay.remove_minion(golem, minion)
+            await peer.aclose()
+    return ws
+
+
+async def _golem_within(relay: Relay, webstrate: str, seconds: float) -> GolemSession | None:
+    try:
+        async with asyncio.timeout(seconds):
+            return await relay.wait_for_golem(webstrate)
+    except TimeoutError:
+        return None
+
+
+async def _read_minion(ws: web.WebSocketResponse, minion: MinionSession) -> None:
+    async for frame in _frames(ws):
+        minion.to_golem(frame)
+
+
+@routes.get("/golem/v1/connect-to/{webstrate}/{minion}")
+async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
+    relay = request.app[appkeys.RELAY]
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    minion = relay.find_minion(webstrate, request.match_info["minion"])  # 404/409
+    ws = _socket()
+    channel = Peer(request, ws, f"channel to minion {minion.id}")
+    channel.on_abort = functools.partial(minion.detach, channel)
+    minion.attach(channel)
+    with relay.tracking(ws):
+        try:
+            await ws.prepare(request)
+            channel.start()
+            async for frame in _frames(ws):
+                minion.peer.send(frame)
+        finally:
+            minion.detach(channel)
+            await channel.aclose()
+    return ws

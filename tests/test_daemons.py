@@ -1,0 +1,322 @@
+"""Daemons through the real HTTP API on a real Docker Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+import pytest
+
+from herder import appkeys
+from herder.settings import Settings
+from herder.signing import instance_id
+
+from .conftest import TokenMaker, auth, make_settings
+from .images import ensure_busybox_image, ensure_httpd_image
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(
+        tmp_path / "data", daemon_bind_address="127.0.0.1", metering_interval="0.25"
+    )
+
+
+@pytest.fixture(autouse=True)
+async def remove_what_the_test_made(
+    settings: Settings, docker: aiodocker.Docker
+) -> AsyncIterator[None]:
+    yield
+    await remove_instance_leftovers(docker, instance_id(settings.data_dir))
+
+
+async def remove_instance_leftovers(docker: aiodocker.Docker, instance: str) -> None:
+    label = json.dumps({"label": [f"herder.instance={instance}"]})
+    for container in await docker.containers.list(all=True, filters=label):
+        await container.delete(force=True, v=True)
+    volumes = (await docker.volumes.list(filters=json.loads(label))).get("Volumes") or []
+    for volume in volumes:
+        await aiodocker.volumes.DockerVolume(docker, volume["Name"]).delete()
+
+
+async def instance_volumes(docker: aiodocker.Docker, instance: str) -> list[str]:
+    listed = await docker.volumes.list(filters={"label": [f"herder.instance={instance}"]})
+    return [v["Name"] for v in listed.get("Volumes") or []]
+
+
+async def spawn(client: Any, token: str, **form: str) -> Any:
+    return await client.post("/daemon/v1/spawn", data=form, headers=auth(token))
+
+
+async def get_from(port: int, path: str = "/") -> tuple[int, str]:
+    """GET from a published host port, waiting for the daemon to listen."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{path}") as resp:
+                    return resp.status, await resp.text()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+    pytest.fail(f"nothing answers on port {port}")
+
+
+async def remaining(client: Any, token: str) -> int:
+    resp = await client.get("/token/v1/balance", headers=auth(token))
+    credits: int = (await resp.json())["credits"]
+    return credits
+
+
+async def eventually(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{check.__name__} did not happen within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def test_full_lifecycle(
+    client: Any, token: str, settings: Settings, docker: aiodocker.Docker
+) -> None:
+    image = await ensure_httpd_image()
+    resp = await spawn(
+        client,
+        token,
+        name="web",
+        image=image,
+        ports='[80, "8080"]',
+        **{"index.html": "<h1>hi</h1>"},
+    )
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["Name"].startswith("web-") and body["Address"]
+    assert list(body["Ports"]) == ["80", "8080"] and all(body["Ports"].values())
+    assert await get_from(body["Ports"]["80"]) == (200, "<h1>hi</h1>")
+
+    resp = await client.get("/daemon/v1/ls", headers=auth(token))
+    listed = await resp.json()
+    assert [d["Names"] for d in listed] == [["/" + body["Name"]]]
+    assert listed[0]["State"] == "running" and listed[0]["Image"] == image
+    labels = listed[0]["Labels"]
+    assert labels["herder.kind"] == "daemon" and labels["herder.name"] == "web"
+    assert token not in json.dumps(listed)
+
+    # What the reverse proxy and attach rely on: the registry row.
+    instance = instance_id(settings.data_dir)
+    row = await client.app[appkeys.LEDGER].running_workload(instance, "daemon", body["Name"])
+    assert row is not None and row.container_id == listed[0]["Id"]
+    assert row.address == body["Address"] and json.loads(row.ports) == body["Ports"]
+
+    # Limits from settings, nothing privileged, the data volume at /web and /minion.
+    config = (await docker.containers.get(body["Name"]))._container
+    host = config["HostConfig"]
+    assert host["Memory"] == settings.daemon_memory_mb << 20
+    assert host["PidsLimit"] == settings.daemon_pids
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
+    assert not host["Privileged"] and not host["Binds"] and host["NetworkMode"] != "host"
+    assert {m["Destination"] for m in config["Mounts"]} == {"/web", "/minion"}
+    assert {m["Type"] for m in config["Mounts"]} == {"volume"}
+
+    resp = await client.delete(f"/daemon/v1/kill/{body['Name']}", headers=auth(token))
+    assert resp.status == 200, await resp.text()
+    resp = await client.get("/daemon/v1/ls", headers=auth(token))
+    assert await resp.json() == []
+    assert (
+        await client.app[appkeys.LEDGER].running_workload(instance, "daemon", body["Name"]) is None
+    )
+    with pytest.raises(aiodocker.DockerError):
+        await docker.containers.get(body["Name"])
+
+
+async def test_other_subjects_see_nothing(client: Any, make_token: TokenMaker) -> None:
+    image = await ensure_busybox_image()
+    alice, bob = make_token("alice@example.org"), make_token("bob@example.org")
+    resp = await spawn(client, alice, name="a.b", image=image)
+    assert resp.status == 200, await resp.text()
+    name = (await resp.json())["Name"]
+
+    assert await (await client.get("/daemon/v1/ls", headers=auth(bob))).json() == []
+    for target in ("a.b", name, "axb"):
+        resp = await client.get(f"/daemon/v1/kill/{target}", headers=auth(bob))
+        assert resp.status == 404 and (await resp.json())["error"]
+    # `a.b` is not a pattern: alice's own `axb` does not exist either.
+    assert (await client.post("/daemon/v1/kill/axb", headers=auth(alice))).status == 404
+    listed = await (await client.get("/daemon/v1/ls", headers=auth(alice))).json()
+    assert [d["State"] for d in listed] == ["running"]
+    assert (await client.get("/daemon/v1/ls")).status == 401
+
+
+async def test_data_kept_across_respawn_and_wiped_on_request(
+    client: Any, token: str, settings: Settings, docker: aiodocker.Docker
+) -> None:
+    image = await ensure_httpd_image()
+    resp = await spawn(client, token, name="keep", image=image, ports="[80]", **{"notes.txt": "v1"})
+    first = await resp.json()
+    assert await get_from(first["Ports"]["80"], "/notes.txt") == (200, "v1")
+
+    # Spawning a name that exists restarts it and keeps the data.
+    resp = await spawn(client, token, name="keep", image=image, ports="[80]", **{"new.txt": "v2"})
+    second = await resp.json()
+    assert (
+        resp.status == 200
+        and len(await (await client.get("/daemon/v1/ls", headers=auth(token))).json()) == 1
+    )
+    assert await get_from(second["Ports"]["80"], "/notes.txt") == (200, "v1")
+
+    # Kill keeps the volume; a respawn finds the data again.
+    assert (await client.get("/daemon/v1/kill/keep", headers=auth(token))).status == 200
+    instance = instance_id(settings.data_dir)
+    assert len(await instance_volumes(docker, instance)) == 1
+    resp = await spawn(client, token, name="keep", image=image, ports="[80]")
+    third = await resp.json()
+    assert await get_from(third["Ports"]["80"], "/new.txt") == (200, "v2")
+
+    # wipe=true deletes it.
+    resp = await client.get("/daemon/v1/kill/keep?wipe=true", headers=auth(token))
+    assert resp.status == 200
+    assert await instance_volumes(docker, instance) == []
+    resp = await spawn(client, token, name="keep", image=image, ports="[80]")
+    fourth = await resp.json()
+    assert (await get_from(fourth["Ports"]["80"], "/notes.txt"))[0] == 404
+
+
+async def test_credits_run_down_and_daemons_stop_at_zero(
+    client: Any, make_token: TokenMaker, settings: Settings
+) -> None:
+    image = await ensure_busybox_image()
+    rich, poor = make_token(credits=1000), make_token(credits=3)
+    assert (await spawn(client, rich, name="rich", image=image)).status == 200
+    assert (await spawn(client, poor, name="poor", image=image)).status == 200
+    started = time.monotonic()
+    before = await remaining(client, rich)
+
+    async def poor_daemon_stopped() -> bool:
+        listed = await (await client.get("/daemon/v1/ls", headers=auth(poor))).json()
+        return [d["State"] for d in listed] == ["exited"]
+
+    await eventually(poor_daemon_stopped, timeout=15)
+    assert await remaining(client, poor) <= 0
+    resp = await spawn(client, poor, name="again", image=image)
+    assert resp.status == 402 and "credit" in (await resp.json())["error"]
+
+    await asyncio.sleep(max(0.0, 3 - (time.monotonic() - started)))
+    elapsed = time.monotonic() - started
+    spent = before - await remaining(client, rich)
+    assert elapsed - 2 <= spent <= elapsed + 2  # CREDIT_RATE (1) per second
+    instance = instance_id(settings.data_dir)
+    ledger = client.app[appkeys.LEDGER]
+    assert [w.name for w in await ledger.running_workloads(instance)] == ["rich"]
+
+
+async def test_daemon_removed_behind_our_back_stops_costing(
+    client: Any, token: str, settings: Settings, docker: aiodocker.Docker
+) -> None:
+    image = await ensure_busybox_image()
+    name = (await (await spawn(client, token, name="gone", image=image)).json())["Name"]
+    ledger = client.app[appkeys.LEDGER]
+    instance = instance_id(settings.data_dir)
+    await (await docker.containers.get(name)).delete(force=True)
+
+    async def run_closed() -> bool:
+        return await ledger.running_workload(instance, "daemon", name) is None
+
+    await eventually(run_closed, timeout=5)
+    assert await (await client.get("/daemon/v1/ls", headers=auth(token))).json() == []
+    settled = await remaining(client, token)
+    await asyncio.sleep(1.5)
+    assert await remaining(client, token) == settled
+
+
+BAD_SPAWNS: list[tuple[dict[str, str], str]] = [
+    ({"name": "Upper"}, "name"),
+    ({"name": "a/b"}, "name"),
+    ({"name": ".."}, "name"),
+    ({"name": "a..b"}, "name"),
+    ({"name": "a b"}, "name"),
+    ({"name": "a\nb"}, "name"),
+    ({"name": "etc"}, "reserved"),
+    ({"ports": "80"}, "JSON list"),
+    ({"ports": "[80"}, "JSON list"),
+    ({"ports": "[0]"}, "range"),
+    ({"ports": "[65536]"}, "range"),
+    ({"ports": '["http"]'}, "number"),
+    ({"ports": "[true]"}, "number"),
+    ({"ports": json.dumps(list(range(8000, 8017)))}, "at most 16"),
+    ({"../escape": "x"}, "file name"),
+    ({"/etc/passwd": "x"}, "file name"),
+    ({"a/../../b": "x"}, "file name"),
+    ({"image": "Bad Image"}, "image"),
+    ({"image": "img:tag:more"}, "image"),
+    ({"image": "img;rm -rf"}, "image"),
+    ({"image": ""}, "image"),
+]
+
+
+async def test_bad_input_is_400_and_creates_nothing(
+    client: Any, token: str, settings: Settings, docker: aiodocker.Docker
+) -> None:
+    image = await ensure_busybox_image()
+    for override, message in BAD_SPAWNS:
+        form = {"name": "ok", "image": image} | override
+        resp = await spawn(client, token, **form)
+        body = await resp.json()
+        assert resp.status == 400, (override, body)
+        assert message in body["error"], (override, body)
+    for missing in ("name", "image"):
+        form = {"name": "ok", "image": image}
+        del form[missing]
+        resp = await spawn(client, token, **form)
+        assert resp.status == 400 and missing in (await resp.json())["error"]
+
+    resp = await asyncio.wait_for(
+        spawn(client, token, name="ok", image="herder-test/not-there:1"), 10
+    )
+    assert resp.status == 404 and "herder-test/not-there:1" in (await resp.json())["error"]
+
+    instance = instance_id(settings.data_dir)
+    label = json.dumps({"label": [f"herder.instance={instance}"]})
+    assert await docker.containers.list(all=True, filters=label) == []
+    assert await instance_volumes(docker, instance) == []
+    assert (await spawn(client, "not-a-token", name="ok", image=image)).status == 401
+
+
+async def test_unknown_containers_are_removed_at_start(
+    tmp_path: Path, aiohttp_client: Any, docker: aiodocker.Docker
+) -> None:
+    from herder.app import create_app
+
+    settings = make_settings(tmp_path / "other")
+    instance = instance_id(settings.data_dir)
+    image = await ensure_busybox_image()
+    labels = {
+        "herder.managed": "1",
+        "herder.kind": "daemon",
+        "herder.instance": instance,
+        "herder.subject": "ghost@example.org",
+        "herder.name": "ghost",
+    }
+    stray = await docker.containers.run(
+        {"Image": image, "Labels": labels, "OpenStdin": True}, name=f"ghost-{instance}"
+    )
+    neighbour_labels = labels | {"herder.instance": instance + "-neighbour"}
+    neighbour = await docker.containers.run(
+        {"Image": image, "Labels": neighbour_labels, "OpenStdin": True},
+        name=f"neighbour-{instance}",
+    )
+    try:
+        await aiohttp_client(create_app(settings))
+        with pytest.raises(aiodocker.DockerError):
+            await docker.containers.get(stray.id)
+        # Another herder's container on the same engine is left alone.
+        assert (await docker.containers.get(neighbour.id))._container["State"]["Running"]
+    finally:
+        await neighbour.delete(force=True)
+        await remove_instance_leftovers(docker, instance)

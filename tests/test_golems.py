@@ -1,0 +1,456 @@
+"""Golems against the real Docker Engine and the real golem image.
+
+The end-to-end test runs the herder and a small page server on the Docker
+bridge's gateway address, so Chromium inside the golem container loads the
+page, the emet script and opens the relay's WebSockets on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from sqlalchemy import select
+
+from herder import appkeys
+from herder.app import create_app
+from herder.ledger import Workload
+from herder.settings import Settings
+from herder.signing import load_keypair
+from herder.tokens import TokenService
+
+from .conftest import auth, make_settings
+
+pytestmark = pytest.mark.docker
+
+GOLEM_IMAGE = "herder/golem:bookworm"
+NODE_IMAGE = "herder/node:bookworm"
+UNREACHABLE_PAGES = "http://127.0.0.1:9"  # golems in the cheap tests load nothing
+
+
+@pytest.fixture
+async def golem_image(docker: aiodocker.Docker) -> str:
+    try:
+        await docker.images.inspect(GOLEM_IMAGE)
+    except aiodocker.DockerError:
+        pytest.fail(f"{GOLEM_IMAGE} is missing; run `herder images build golem`")
+    return GOLEM_IMAGE
+
+
+async def instance_containers(docker: aiodocker.Docker, settings: Settings) -> list[Any]:
+    instance = (settings.data_dir / "instance-id").read_text().strip()
+    filters = json.dumps({"label": [f"herder.instance={instance}"]})
+    return list(await docker.containers.list(all=True, filters=filters))
+
+
+@dataclass
+class Herder:
+    settings: Settings
+    app: web.Application
+    url: str
+    http: aiohttp.ClientSession
+
+    async def call(self, verb: str, webstrate: str, **kw: Any) -> tuple[int, Any]:
+        async with self.http.post(f"{self.url}/golem/v1/{verb}/{webstrate}", **kw) as resp:
+            return resp.status, await resp.json()
+
+
+HerderMaker = Callable[..., Any]
+
+
+@pytest.fixture
+async def herder(
+    tmp_path: Path, docker: aiodocker.Docker, golem_image: str
+) -> AsyncIterator[HerderMaker]:
+    """Start real herders (on `host`, port picked by binding); remove their
+    golems afterwards, dumping the logs of golems left running."""
+    started: list[tuple[web.AppRunner, Herder]] = []
+
+    async def start(host: str = "127.0.0.1", **overrides: Any) -> Herder:
+        sock = socket.socket()
+        sock.bind((host, 0))
+        sock.listen(128)
+        url = f"http://{host}:{sock.getsockname()[1]}"
+        overrides.setdefault("webstrates_url", UNREACHABLE_PAGES)
+        overrides.setdefault("golem_image", golem_image)
+        settings = make_settings(tmp_path / f"herder{len(started)}", public_url=url, **overrides)
+        app = create_app(settings)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        one = Herder(settings, app, url, aiohttp.ClientSession())
+        started.append((runner, one))
+        return one
+
+    yield start
+    for runner, one in started:
+        await one.http.close()
+        await runner.cleanup()
+        for container in await instance_containers(docker, one.settings):
+            await container.delete(force=True)
+
+
+def sign(settings: Settings, email: str, credits: int = 1000) -> str:
+    service = TokenService(load_keypair(settings.data_dir), settings, ledger=None)  # type: ignore[arg-type]
+    return service.create(email, credits, 1)[0]
+
+
+async def workloads(herder: Herder) -> list[Any]:
+    async with herder.app[appkeys.LEDGER].read() as conn:
+        return list((await conn.execute(select(Workload).order_by(Workload.id))).all())
+
+
+# -- emet --------------------------------------------------------------------------
+
+
+async def test_emet_script_has_the_public_url(herder: HerderMaker) -> None:
+    one = await herder()
+    for path in ("/", "/golem/v1/"):
+        async with one.http.get(one.url + path) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/javascript"
+            script = await resp.text()
+        assert f'var herder = "{one.url}";' in script
+        assert f"curl {one.url}/golem/v1/reset/<webstrate>" in script
+        assert "__HERDER_URL__" not in script
+        assert '".golem, #emet"' in script
+
+
+EMET_HARNESS = r"""
+const calls = [];
+globalThis.window = globalThis;
+globalThis.location = { pathname: "/my-doc/some/page" };
+globalThis.navigator = { userAgent: process.env.UA, webdriver: false };
+globalThis.fetch = (url, options) => {
+  calls.push([options.method, url]);
+  return Promise.resolve({ ok: true, status: 201, json: () => Promise.resolve({}) });
+};
+const golemCode = { textContent:
+  "globalThis.ran = [emet.webstrate, emet.isGolem, typeof emet.controlSocket, typeof emet.connectTo];" };
+globalThis.document = {
+  readyState: "complete",
+  addEventListener() {},
+  querySelector(selector) { globalThis.selector = selector; return golemCode; },
+};
+globalThis.WebSocket = function () {};
+(0, eval)(process.env.EMET);
+setTimeout(() => console.log(JSON.stringify({
+  calls, ran: globalThis.ran || null, selector: globalThis.selector || null,
+})), 100);
+"""
+
+
+async def run_emet_in_node(docker: aiodocker.Docker, one: Herder, user_agent: str) -> Any:
+    """Run the served emet script in Node with a browser's globals stubbed."""
+    async with one.http.get(one.url + "/") as resp:
+        script = await resp.text()
+    container = await docker.containers.create(
+        {
+            "Image": NODE_IMAGE,
+            "Cmd": ["node", "-e", EMET_HARNESS],
+            "Env": [f"EMET={script}", f"UA={user_agent}"],
+            "Labels": {"herder.managed": "1", "herder.instance": one.app[appkeys.INSTANCE]},
+            "NetworkDisabled": True,
+            "HostConfig": {"CapDrop": ["ALL"], "Memory": 256 << 20},
+        }
+    )
+    try:
+        await container.start()
+        result = await container.wait(timeout=60)
+        output = "".join(await container.log(stdout=True, stderr=True))
+        assert result["StatusCode"] == 0, output
+        return json.loads(output.strip().splitlines()[-1])
+    finally:
+        await container.delete(force=True)
+
+
+async def test_emet_in_a_browser_spawns_and_in_a_golem_runs_the_golem_code(
+    herder: HerderMaker, docker: aiodocker.Docker
+) -> None:
+    try:
+        await docker.images.inspect(NODE_IMAGE)
+    except aiodocker.DockerError:
+        pytest.fail(f"{NODE_IMAGE} is missing; run `herder images build node`")
+    one = await herder()
+    browser = await run_emet_in_node(
+        docker, one, "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36"
+    )
+    assert browser == {
+        "calls": [["POST", f"{one.url}/golem/v1/spawn/my-doc"]],
+        "ran": None,
+        "selector": None,
+    }
+    golem = await run_emet_in_node(
+        docker, one, "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/120.0 Safari/537.36"
+    )
+    assert golem == {
+        "calls": [],
+        "ran": ["my-doc", True, "function", "function"],
+        "selector": ".golem, #emet",
+    }
+
+
+# -- bad input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("webstrate", ["a.b", "x" * 65, "sp%20ace", "%C3%A4", "a%2Fb"])
+async def test_bad_webstrate_ids_are_400_and_create_nothing(
+    herder: HerderMaker, docker: aiodocker.Docker, webstrate: str
+) -> None:
+    one = await herder()
+    for verb in ("spawn", "reset", "kill"):
+        for method in ("GET", "POST"):
+            url = f"{one.url}/golem/v1/{verb}/{webstrate}"
+            async with one.http.request(method, url) as resp:
+                assert resp.status == 400, (verb, method)
+                assert "webstrate ids" in (await resp.json())["error"]
+    assert await instance_containers(docker, one.settings) == []
+
+
+async def test_missing_golem_image_is_404(herder: HerderMaker, docker: aiodocker.Docker) -> None:
+    one = await herder(golem_image="herder/no-such-golem:none")
+    status, body = await one.call("spawn", "ws1")
+    assert status == 404
+    assert "herder/no-such-golem:none" in body["error"]
+    assert await instance_containers(docker, one.settings) == []
+    assert await workloads(one) == []
+
+
+async def test_reset_and_kill_of_unknown_golem_are_404(herder: HerderMaker) -> None:
+    one = await herder()
+    for verb in ("reset", "kill"):
+        status, body = await one.call(verb, "nobody-here")
+        assert status == 404
+        assert "no golem" in body["error"]
+
+
+# -- spawn, one per webstrate, cap, kill --------------------------------------------
+
+
+async def test_ten_concurrent_spawns_one_container_cap_and_kill(
+    herder: HerderMaker, docker: aiodocker.Docker
+) -> None:
+    one = await herder(golem_cap=1)
+    results = await asyncio.gather(*(one.call("spawn", "shared-doc") for _ in range(10)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] * 9 + [201]
+    ids = {body["Id"] for _, body in results}
+    assert len(ids) == 1
+    containers = await instance_containers(docker, one.settings)
+    assert [c.id for c in containers] == list(ids)
+
+    data = await containers[0].show()
+    labels = data["Config"]["Labels"]
+    assert labels["herder.managed"] == "1"
+    assert labels["herder.kind"] == "golem"
+    assert labels["herder.name"] == "shared-doc"
+    assert labels["herder.subject"] == "anonymous"
+    assert labels["herder.instance"] == one.app[appkeys.INSTANCE]
+    assert f"GOLEM_URL={UNREACHABLE_PAGES}/shared-doc" in data["Config"]["Env"]
+    assert data["Config"]["User"] == "1000:1000"
+    host = data["HostConfig"]
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Memory"] > 0 and host["PidsLimit"] > 0
+    assert not host.get("Privileged")
+    bindings = host["PortBindings"]["9222/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+    published = data["NetworkSettings"]["Ports"]["9222/tcp"]
+    assert {b["HostIp"] for b in published} == {"127.0.0.1"}
+
+    async with one.http.get(f"{one.url}/golem/v1/ls") as resp:
+        assert resp.status == 200
+        listed = await resp.json()
+    assert len(listed) == 1
+    assert listed[0]["Webstrate"] == "shared-doc"
+    assert listed[0]["Id"] in ids
+    assert listed[0]["State"] == "running"
+    assert listed[0]["DebugPort"] == int(published[0]["HostPort"])
+
+    rows = await workloads(one)
+    assert [(r.kind, r.name, r.state, r.metered) for r in rows] == [
+        ("golem", "shared-doc", "running", False)
+    ]
+
+    # the cap: a second webstrate is refused, and nothing is created for it
+    status, body = await one.call("spawn", "another-doc")
+    assert status == 429
+    assert "cap of 1" in body["error"]
+    assert len(await instance_containers(docker, one.settings)) == 1
+
+    status, body = await one.call("kill", "shared-doc")
+    assert status == 200
+    assert body["Webstrate"] == "shared-doc" and body["Id"] in ids
+    assert await instance_containers(docker, one.settings) == []
+    assert [r.state for r in await workloads(one)] == ["stopped"]
+    status, _ = await one.call("kill", "shared-doc")
+    assert status == 404
+
+
+async def test_token_required_meters_and_only_the_owner_resets(
+    herder: HerderMaker, docker: aiodocker.Docker
+) -> None:
+    one = await herder(golem_require_token=True)
+    status, body = await one.call("spawn", "metered-doc")
+    assert status == 401
+    assert await instance_containers(docker, one.settings) == []
+
+    owner = sign(one.settings, "owner@example.org")
+    other = sign(one.settings, "other@example.org")
+    status, first = await one.call("spawn", "metered-doc", headers=auth(owner))
+    assert status == 201
+    (container,) = await instance_containers(docker, one.settings)
+    labels = (await container.show())["Config"]["Labels"]
+    assert labels["herder.subject"] == "owner@example.org"
+    assert labels["herder.jti"]
+    rows = await workloads(one)
+    assert [(r.kind, r.subject, r.metered, r.state, r.container_id) for r in rows] == [
+        ("golem", "owner@example.org", True, "running", first["Id"])
+    ]
+
+    for verb in ("reset", "kill"):
+        status, _ = await one.call(verb, "metered-doc", headers=auth(other))
+        assert status == 404, verb
+
+    status, second = await one.call("reset", "metered-doc", headers=auth(owner))
+    assert status == 200
+    assert second["Webstrate"] == "metered-doc" and second["Id"] != first["Id"]
+    assert [c.id for c in await instance_containers(docker, one.settings)] == [second["Id"]]
+    rows = await workloads(one)
+    assert [(r.container_id, r.state) for r in rows] == [
+        (first["Id"], "stopped"),
+        (second["Id"], "running"),
+    ]
+
+    status, _ = await one.call("kill", "metered-doc", headers=auth(owner))
+    assert status == 200
+    assert await instance_containers(docker, one.settings) == []
+    assert [r.state for r in await workloads(one)] == ["stopped", "stopped"]
+
+
+# -- end to end: code in Chromium, inside the container, echoes a minion ------------
+
+GOLEM_PAGE = """<!doctype html>
+<html>
+<head><meta charset="utf-8"><title>{webstrate}</title>
+<script src="{herder}/"></script></head>
+<body>
+<p>a test webstrate</p>
+<pre class="golem">
+emet.controlSocket(function (event) {{
+  if (event.Event !== "minion-connected") return;
+  var channel = emet.connectTo(event.ID);
+  channel.onmessage = function (message) {{
+    if (typeof message.data === "string") {{
+      channel.send("echo from " + navigator.userAgent + ": " + message.data);
+    }} else {{
+      channel.send(message.data);
+    }}
+  }};
+}});
+</pre>
+</body>
+</html>
+"""
+
+
+def bridge_gateway(network: dict[str, Any]) -> str:
+    for config in network.get("IPAM", {}).get("Config") or []:
+        if config.get("Gateway"):
+            return str(config["Gateway"])
+        if config.get("Subnet") and ":" not in config["Subnet"]:
+            return str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
+    pytest.fail("cannot tell the Docker bridge's gateway address")
+
+
+@contextlib.asynccontextmanager
+async def page_server(host: str, herder: dict[str, str]) -> AsyncIterator[str]:
+    """Serve the test webstrate at `/<webstrate>`; `herder["url"]` is read per request."""
+
+    async def page(request: web.Request) -> web.Response:
+        webstrate = request.match_info["webstrate"]
+        return web.Response(
+            text=GOLEM_PAGE.format(webstrate=webstrate, herder=herder["url"]),
+            content_type="text/html",
+        )
+
+    app = web.Application()
+    app.router.add_get("/{webstrate}", page)
+    app.router.add_get("/{webstrate}/", page)
+    sock = socket.socket()
+    sock.bind((host, 0))
+    sock.listen(16)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.slow
+async def test_golem_echoes_an_ad_hoc_minion_end_to_end(
+    herder: HerderMaker, docker: aiodocker.Docker
+) -> None:
+    network = await docker.networks.get("bridge")
+    gateway = bridge_gateway(await network.show())
+    webstrate = "e2e-echo"
+    herder_url: dict[str, str] = {}
+    async with page_server(gateway, herder_url) as pages:
+        one = await herder(host=gateway, webstrates_url=pages, golem_wait=60)
+        herder_url["url"] = one.url
+        status, spawned = await one.call("spawn", webstrate)
+        assert status == 201, spawned
+        try:
+            for _ in range(240):
+                async with one.http.get(f"{one.url}/golem/v1/ls") as resp:
+                    listed = {g["Webstrate"]: g for g in await resp.json()}
+                if listed[webstrate]["Connected"]:
+                    break
+                assert listed[webstrate]["State"] == "running", listed
+                await asyncio.sleep(0.5)
+            else:
+                pytest.fail("the golem never opened its control socket")
+
+            minion = await one.http.ws_connect(
+                f"{one.url.replace('http', 'ws')}/minion/v1/connect/{webstrate}?type=probe"
+            )
+            msg = await minion.receive(timeout=30)
+            assert msg.type == WSMsgType.TEXT and json.loads(msg.data) == {
+                "Event": "golem-connected"
+            }
+            await minion.send_str("hello golem")
+            msg = await minion.receive(timeout=30)
+            assert msg.type == WSMsgType.TEXT
+            assert msg.data.startswith("echo from ") and msg.data.endswith(": hello golem")
+            assert "HeadlessChrome" in msg.data  # code running in the golem's Chromium
+            await minion.send_bytes(b"\x00\x01binary\xff")
+            msg = await minion.receive(timeout=30)
+            assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x00\x01binary\xff")
+
+            status, killed = await one.call("kill", webstrate)
+            assert status == 200 and killed["Id"] == spawned["Id"]
+            assert await instance_containers(docker, one.settings) == []
+            msg = await minion.receive(timeout=10)
+            assert json.loads(msg.data) == {"Event": "golem-disconnected"}
+            msg = await minion.receive(timeout=10)
+            assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                logs = await docker.containers.container(spawned["Id"]).log(
+                    stdout=True, stderr=True, tail=200
+                )
+                print("golem logs:\n" + "".join(logs))
+            raise

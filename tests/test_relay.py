@@ -1,0 +1,225 @@
+"""The golem/minion WebSocket relay, with plain WebSocket clients on the real app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, WSServerHandshakeError
+from aiohttp.test_utils import TestClient
+
+from herder.app import create_app
+from herder.relay import QUEUE_BYTES
+
+from .conftest import make_settings
+
+WEBSTRATE = "relay-test_1"
+
+
+async def receive_event(ws: Any, within: float = 5) -> dict[str, Any]:
+    msg = await ws.receive(timeout=within)
+    assert msg.type == WSMsgType.TEXT, msg
+    event: dict[str, Any] = json.loads(msg.data)
+    return event
+
+
+async def expect_closed(ws: Any, within: float = 5) -> Any:
+    msg = await ws.receive(timeout=within)
+    assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), msg
+    return msg
+
+
+async def test_events_in_order_and_frames_both_ways(client: TestClient[Any, Any]) -> None:
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}?type=sensor")
+
+    connected = await receive_event(golem)
+    assert connected["Event"] == "minion-connected"
+    assert connected["Type"] == "sensor"
+    minion_id = connected["ID"]
+    assert isinstance(minion_id, str) and minion_id
+    assert set(connected) == {"Event", "ID", "Type"}
+
+    channel = await client.ws_connect(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+    assert await receive_event(minion) == {"Event": "golem-connected"}
+
+    # minion -> golem, text and binary, unchanged
+    await minion.send_str("héllo {not json}")
+    await minion.send_bytes(b"\x00\xffbinary\x00")
+    msg = await channel.receive(timeout=5)
+    assert (msg.type, msg.data) == (WSMsgType.TEXT, "héllo {not json}")
+    msg = await channel.receive(timeout=5)
+    assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x00\xffbinary\x00")
+
+    # golem -> minion, text and binary, unchanged
+    await channel.send_str('{"Event":"not-really-an-event"}')
+    await channel.send_bytes(bytes(range(256)))
+    msg = await minion.receive(timeout=5)
+    assert (msg.type, msg.data) == (WSMsgType.TEXT, '{"Event":"not-really-an-event"}')
+    msg = await minion.receive(timeout=5)
+    assert (msg.type, msg.data) == (WSMsgType.BINARY, bytes(range(256)))
+
+    # the golem closes its data channel: the minion is told and stays connected
+    await channel.close()
+    assert await receive_event(minion) == {"Event": "golem-disconnected"}
+
+    # the minion leaves: the golem's control socket is told
+    await minion.close()
+    assert await receive_event(golem) == {"Event": "minion-disconnected", "ID": minion_id}
+    await golem.close()
+
+
+async def test_second_golem_is_409_before_upgrade(client: TestClient[Any, Any]) -> None:
+    first = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    with pytest.raises(WSServerHandshakeError) as err:
+        await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    assert err.value.status == 409
+    resp = await client.get(f"/golem/v1/connect/{WEBSTRATE}")  # plain HTTP: the JSON error
+    assert resp.status == 409
+    assert "already connected" in (await resp.json())["error"]
+    # once the first goes, the webstrate is free again
+    await first.close()
+    for _ in range(100):
+        try:
+            again = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+            break
+        except WSServerHandshakeError:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the webstrate stayed taken after its golem left")
+    await again.close()
+
+
+async def test_minion_without_golem_gets_not_found_and_is_closed(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    settings = make_settings(tmp_path / "d", golem_wait=1)
+    client = await aiohttp_client(create_app(settings))
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}?type=x")
+    assert await receive_event(minion, within=10) == {
+        "Event": "golem-not-found",
+        "ID": WEBSTRATE,
+    }
+    await expect_closed(minion)
+
+
+async def test_minion_waits_for_a_late_golem(tmp_path: Path, aiohttp_client: Any) -> None:
+    settings = make_settings(tmp_path / "d", golem_wait=30)
+    client = await aiohttp_client(create_app(settings))
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    await minion.send_str("sent before the golem came")
+    await asyncio.sleep(0.2)
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    event = await receive_event(golem)
+    assert event["Event"] == "minion-connected" and event["Type"] == ""
+    channel = await client.ws_connect(f"/golem/v1/connect-to/{WEBSTRATE}/{event['ID']}")
+    assert await receive_event(minion) == {"Event": "golem-connected"}
+    msg = await channel.receive(timeout=5)
+    assert msg.data == "sent before the golem came"
+    await golem.close()
+    # the golem went: the minion is told and closed, the channel closed
+    assert await receive_event(minion) == {"Event": "golem-disconnected"}
+    await expect_closed(minion)
+    await expect_closed(channel)
+
+
+async def test_minion_leaving_closes_the_data_channel(client: TestClient[Any, Any]) -> None:
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}?type=t")
+    minion_id = (await receive_event(golem))["ID"]
+    channel = await client.ws_connect(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+    assert await receive_event(minion) == {"Event": "golem-connected"}
+    await minion.close()
+    assert await receive_event(channel) == {"Event": "minion-disconnected", "ID": minion_id}
+    await expect_closed(channel)
+    assert await receive_event(golem) == {"Event": "minion-disconnected", "ID": minion_id}
+    await golem.close()
+
+
+async def test_connect_to_unknown_minion_or_twice(client: TestClient[Any, Any]) -> None:
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    resp = await client.get(f"/golem/v1/connect-to/{WEBSTRATE}/nope")
+    assert resp.status == 404
+    assert "no minion" in (await resp.json())["error"]
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    minion_id = (await receive_event(golem))["ID"]
+    channel = await client.ws_connect(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+    with pytest.raises(WSServerHandshakeError) as err:
+        await client.ws_connect(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+    assert err.value.status == 409
+    for ws in (channel, minion, golem):
+        await ws.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/golem/v1/connect/bad%20id",
+        "/golem/v1/connect/" + "a" * 65,
+        "/minion/v1/connect/b%C3%A4d",
+        "/golem/v1/connect-to/bad.id/x",
+        "/minion/v1/connect/ok?type=%0a",
+    ],
+)
+async def test_bad_relay_input_is_400(client: TestClient[Any, Any], path: str) -> None:
+    with pytest.raises(WSServerHandshakeError) as err:
+        await client.ws_connect(path)
+    assert err.value.status == 400
+
+
+async def test_slow_reader_is_closed_not_buffered(client: TestClient[Any, Any]) -> None:
+    """A data channel that never reads is closed with 1008 once its queue is
+    full; the minion is told the golem is gone."""
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    minion_id = (await receive_event(golem))["ID"]
+    channel = await client.ws_connect(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+    assert await receive_event(minion) == {"Event": "golem-connected"}
+
+    chunk = b"x" * (256 << 10)
+    told: dict[str, Any] = {}
+
+    async def watch_minion() -> None:
+        told.update(await receive_event(minion, within=60))
+
+    watcher = asyncio.create_task(watch_minion())
+    sent = 0
+    # Socket buffers hold some megabytes; the queue at most QUEUE_BYTES more.
+    while not watcher.done() and sent < 40 * QUEUE_BYTES:
+        await minion.send_bytes(chunk)
+        sent += len(chunk)
+        await asyncio.sleep(0)
+    await asyncio.wait_for(watcher, 30)
+    assert told == {"Event": "golem-disconnected"}
+
+    received = 0
+    while True:
+        msg = await channel.receive(timeout=30)
+        if msg.type != WSMsgType.BINARY:
+            break
+        received += len(msg.data)
+    assert msg.type == WSMsgType.CLOSE
+    assert msg.data == 1008
+    assert "queue full" in msg.extra
+    assert received < sent
+    await minion.close()
+    await golem.close()
+
+
+async def test_shutdown_closes_every_relay_socket(tmp_path: Path, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(make_settings(tmp_path / "d")))
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    await receive_event(golem)
+    closing = asyncio.create_task(client.server.close())
+    msg = await golem.receive(timeout=10)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+    msg = await minion.receive(timeout=10)
+    if msg.type == WSMsgType.TEXT:  # the golem's end may be relayed before the close
+        assert json.loads(msg.data) == {"Event": "golem-disconnected"}
+        msg = await minion.receive(timeout=10)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+    await asyncio.wait_for(closing, 30)
