@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import appkeys, daemons, golems, health, minions, relay, tokens
+from . import appkeys, attach, daemons, golems, health, minions, proxy, relay, tokens
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
 from .metering import Meter
@@ -101,12 +101,16 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.RELAY] = relay.Relay(settings.golem_wait)
     app.on_shutdown.append(relay.on_shutdown)
     app.cleanup_ctx.append(golems.golems_context)
+    app.cleanup_ctx.append(proxy.upstreams_context)
+    app.cleanup_ctx.append(attach.attach_hub_context)
     app.router.add_routes(health.routes)
     app.router.add_routes(tokens.routes)
     app.router.add_routes(minions.routes)
     app.router.add_routes(daemons.routes)
     app.router.add_routes(relay.routes)
     app.router.add_routes(golems.routes)
+    app.router.add_routes(proxy.routes)
+    app.router.add_routes(attach.routes)
     return app
 
 

@@ -23,6 +23,8 @@ from herder.settings import Settings
 from herder.signing import INSTANCE_FILE, load_keypair
 from herder.tokens import TokenService
 
+from .daemon_fixtures import daemons  # noqa: F401  (a fixture: running daemons for tests)
+
 SESSION = secrets.token_hex(4)
 INSTANCE_PREFIX = f"test-{SESSION}-"
 _counter = itertools.count()

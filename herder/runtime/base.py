@@ -144,6 +144,28 @@ class RunResult:
     output_note: str | None = None
 
 
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of a container's output: `stream` 1 is stdout, 2 is stderr."""
+
+    stream: int
+    data: bytes
+
+
+class Attachment(Protocol):
+    """A live connection to a running container's stdin, stdout and stderr."""
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the container's stdin (waits while the engine is slow to take them)."""
+
+    async def read(self) -> OutputChunk | None:
+        """The next piece of output as it is written; None once the container
+        has stopped or the attachment was closed."""
+
+    async def close(self) -> None:
+        """Detach (idempotent); the container keeps running and its stdin stays open."""
+
+
 class Runtime(Protocol):
     async def ping(self) -> None:
         """Raise `RuntimeUnavailable` unless the engine answers. Called by /healthz."""
@@ -192,6 +214,28 @@ class Runtime(Protocol):
         The iterator ends when the engine connection drops; the caller
         re-subscribes (and reconciles, since events may have been missed).
         Wrap it in `contextlib.aclosing` to release the stream early.
+        """
+
+    # -- interactive access (called by the attach route) ------------------------
+
+    async def attach(self, ref: str) -> Attachment:
+        """Attach to a running container's stdin, stdout and stderr.
+
+        Output written from now on is delivered (no history: see `logs`).
+        Called once per container by the attach hub, whose session all
+        clients of that container share. Raises `NotFound` when the
+        container does not exist or is not running.
+        """
+
+    def logs(
+        self, ref: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncGenerator[OutputChunk, None]:
+        """A container's recorded output, oldest first, stdout and stderr apart.
+
+        `tail` keeps only the last lines (None: everything); with `follow`
+        the iterator goes on with new output until the container stops.
+        Called by the attach hub to replay recent output. Raises `NotFound`
+        when the container does not exist.
         """
 
     async def run_once(self, spec: RunSpec) -> RunResult:
