@@ -25,6 +25,8 @@ log = logging.getLogger("herder")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+PROXY_PREFIX = "/daemon/v1/proxy/"
+
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, HEAD, OPTIONS",
@@ -77,7 +79,12 @@ def _safe_headers(exc: web.HTTPException) -> dict[str, str]:
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Open CORS, as the original herder: any origin may call the API."""
+    """Open CORS, as the original herder: any origin may call the API.
+
+    Not on proxied paths: a daemon answers its own preflights and sets its
+    own CORS headers."""
+    if request.path.startswith(PROXY_PREFIX):
+        return await handler(request)
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return web.Response(status=204, headers=CORS_HEADERS)
     response = await handler(request)

@@ -55,6 +55,11 @@ async def test_methods_reach_the_daemon(client: TestClient[Any, Any], echo: Spaw
         assert echoed["path"] == "/some/path"  # the prefix is stripped
         assert echoed["query"] == "x=1&y=2"
         assert echoed["body"] == (body.decode() if body else "")
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "PUT"}
+    async with client.options(prefix(echo) + "/some/path", headers=preflight) as resp:
+        assert resp.status == 200  # the daemon answers its own preflights
+        assert (await resp.json())["method"] == "OPTIONS"
+        assert "Access-Control-Allow-Origin" not in resp.headers
     async with client.head(prefix(echo) + "/some/path") as resp:
         assert resp.status == 200
         assert int(resp.headers["Content-Length"]) > 0
