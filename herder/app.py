@@ -26,6 +26,7 @@ log = logging.getLogger("herder")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROXY_PREFIX = "/daemon/v1/proxy/"
+INSPECT_PREFIX = "/token/v1/inspect/"
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -33,6 +34,15 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Authorization, Content-Type",
     "Access-Control-Max-Age": "600",
 }
+
+
+def loggable_path(request: web.Request) -> str:
+    """The path without anything secret: never the query string (it may carry
+    `?token=`), and `/token/v1/inspect/<token>` with the token hidden."""
+    path = request.path
+    if path.startswith(INSPECT_PREFIX):
+        return INSPECT_PREFIX + "***"
+    return path
 
 
 @web.middleware
@@ -60,13 +70,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {"error": reason.lower()}, status=exc.status, headers=_safe_headers(exc)
         )
     except Exception:
-        log.exception("unhandled error in %s %s [%s]", request.method, request.path, request_id)
+        log.exception(
+            "unhandled error in %s %s [%s]", request.method, loggable_path(request), request_id
+        )
         return web.json_response({"error": "internal error", "request_id": request_id}, status=500)
     finally:
         log.info(
             "%s %s %s %.1fms [%s]",
             request.method,
-            request.path,  # never the query string: it may carry a token
+            loggable_path(request),
             status,
             (time.monotonic() - started) * 1000,
             request_id,
