@@ -15,6 +15,7 @@ from aiohttp import web
 
 from . import (
     appkeys,
+    attach,
     daemon_exec,
     daemons,
     eventlog,
@@ -24,6 +25,7 @@ from . import (
     metrics,
     minions,
     node,
+    proxy,
     relay,
     tokens,
 )
@@ -40,6 +42,9 @@ log = logging.getLogger("herder")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+PROXY_PREFIX = "/daemon/v1/proxy/"
+INSPECT_PREFIX = "/token/v1/inspect/"
+
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, HEAD, OPTIONS",
@@ -55,6 +60,15 @@ def _request_id(request: web.Request) -> str:
     """The caller's `X-Request-Id` when it is sane (it goes into logs), else a new one."""
     given = request.headers.get("X-Request-Id", "")
     return given if _CLIENT_REQUEST_ID.fullmatch(given) else secrets.token_hex(6)
+
+
+def loggable_path(request: web.Request) -> str:
+    """The path without anything secret: never the query string (it may carry
+    `?token=`), and `/token/v1/inspect/<token>` with the token hidden."""
+    path = request.path
+    if path.startswith(INSPECT_PREFIX):
+        return INSPECT_PREFIX + "***"
+    return path
 
 
 @web.middleware
@@ -88,19 +102,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {"error": reason.lower()}, status=exc.status, headers=_safe_headers(exc)
         )
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        log.exception("unhandled error in %s %s", request.method, loggable_path(request))
         return web.json_response({"error": "internal error", "request_id": request_id}, status=500)
     finally:
         elapsed_ms = round((time.monotonic() - started) * 1000, 1)
         log.info(
             "%s %s %s %.1fms",
             request.method,
-            request.path,  # never the query string: it may carry a token
+            loggable_path(request),
             status,
             elapsed_ms,
             extra={
                 "method": request.method,
-                "path": request.path,
+                "path": loggable_path(request),
                 "status": status,
                 "ms": elapsed_ms,
                 "request_id": request_id,
@@ -123,7 +137,12 @@ def _safe_headers(exc: web.HTTPException) -> dict[str, str]:
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Open CORS, as the original herder: any origin may call the API."""
+    """Open CORS, as the original herder: any origin may call the API.
+
+    Not on proxied paths: a daemon answers its own preflights and sets its
+    own CORS headers."""
+    if request.path.startswith(PROXY_PREFIX):
+        return await handler(request)
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return web.Response(status=204, headers=CORS_HEADERS)
     response = await handler(request)
@@ -149,6 +168,8 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.RELAY] = relay.Relay(settings.golem_wait)
     app.on_shutdown.append(relay.on_shutdown)
     app.cleanup_ctx.append(golems.golems_context)
+    app.cleanup_ctx.append(proxy.upstreams_context)
+    app.cleanup_ctx.append(attach.attach_hub_context)
     app.cleanup_ctx.append(eventlog.container_event_log)
     app.router.add_routes(health.routes)
     app.router.add_routes(metrics.routes)
@@ -160,6 +181,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(daemons.routes)
     app.router.add_routes(relay.routes)
     app.router.add_routes(golems.routes)
+    app.router.add_routes(proxy.routes)
+    app.router.add_routes(attach.routes)
     return app
 
 

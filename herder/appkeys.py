@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .attach import AttachHub
     from .daemons import DaemonService
     from .golems import Golems
     from .ledger import Ledger
     from .metering import Meter
     from .metrics import Metrics
     from .minions import Minions
+    from .proxy import Upstreams
     from .reconcile import Reconciler
     from .relay import Relay
     from .runtime import Runtime
@@ -32,3 +34,5 @@ GOLEMS: web.AppKey[Golems] = web.AppKey("golems")
 DAEMONS: web.AppKey[DaemonService] = web.AppKey("daemons")
 METER: web.AppKey[Meter] = web.AppKey("meter")
 RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
+UPSTREAMS: web.AppKey[Upstreams] = web.AppKey("upstreams")
+ATTACH: web.AppKey[AttachHub] = web.AppKey("attach")

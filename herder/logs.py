@@ -8,15 +8,12 @@ until the daemon stops or the client goes away.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
-from typing import cast
 
 from aiohttp import web
 
 from . import appkeys
 from .daemon_exec import find_daemon
 from .errors import BadRequest
-from .runtime.base import OutputChunk
 from .tokens import require_claims
 
 MAX_TAIL = 100_000
@@ -38,10 +35,7 @@ async def daemon_logs(request: web.Request) -> web.StreamResponse:
     tail = _tail(request.query.get("tail"))
     follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
     daemon = await find_daemon(request.app, claims.sub, request.match_info["name"])
-    chunks = cast(
-        AsyncGenerator[OutputChunk, None],
-        request.app[appkeys.RUNTIME].logs(daemon.id, tail=tail, follow=follow),
-    )
+    chunks = request.app[appkeys.RUNTIME].logs(daemon.id, tail=tail, follow=follow)
     async with contextlib.aclosing(chunks):
         # Without follow, pull the first chunk before answering, so an engine
         # failure is still a JSON error; with follow, answer at once (the

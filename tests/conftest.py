@@ -23,6 +23,8 @@ from herder.settings import Settings
 from herder.signing import INSTANCE_FILE, load_keypair
 from herder.tokens import TokenService
 
+from .daemon_fixtures import daemons  # noqa: F401  (a fixture: running daemons for tests)
+
 SESSION = secrets.token_hex(4)
 INSTANCE_PREFIX = f"test-{SESSION}-"
 _counter = itertools.count()
@@ -133,6 +135,29 @@ def sweep_containers() -> Iterator[None]:
     left = session_containers()
     if left:
         subprocess.run(["docker", "rm", "-f", "-v", *left], capture_output=True, check=False)
+    # Daemon data volumes outlive their containers by design (kill keeps them).
+    volumes = subprocess.run(
+        [
+            "docker",
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            "label=herder.managed=1",
+            "--format",
+            '{{.Name}} {{.Label "herder.instance"}}',
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split("\n")
+    mine = [
+        v.split()[0]
+        for v in volumes
+        if len(v.split()) == 2 and v.split()[1].startswith(INSTANCE_PREFIX)
+    ]
+    if mine:
+        subprocess.run(["docker", "volume", "rm", "-f", *mine], capture_output=True, check=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

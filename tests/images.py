@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import shutil
 import subprocess
 import tarfile
@@ -106,3 +107,80 @@ async def ensure_httpd_image() -> str:
     async with _lock:
         await asyncio.to_thread(_build_httpd)
     return HTTPD_IMAGE
+
+
+ECHO_IMAGE = "herder-test/echo:1"
+ECHO_BASE = "herder/python:bookworm"
+ECHO_DIR = Path(__file__).resolve().parent.parent / "images" / "echo"
+_echo_lock = asyncio.Lock()
+
+
+def _echo_context() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(ECHO_DIR.iterdir()):
+            tar.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+async def ensure_echo_image() -> str:
+    """The tag of the echo upstream (`images/echo`), built through the
+    engine's build API once per machine; it needs the python environment image."""
+    import aiodocker
+
+    async with _echo_lock:
+        docker = aiodocker.Docker()
+        try:
+            try:
+                await docker.images.inspect(ECHO_IMAGE)
+                return ECHO_IMAGE
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+            try:
+                await docker.images.inspect(ECHO_BASE)
+            except aiodocker.DockerError:
+                import pytest
+
+                pytest.fail(f"{ECHO_BASE} is missing: run `herder images build python` first")
+            context = await asyncio.to_thread(_echo_context)
+            await docker.images.build(
+                fileobj=io.BytesIO(context),
+                encoding="gzip",
+                tag=ECHO_IMAGE,
+                labels={"herder.test": "1"},
+                rm=True,
+                forcerm=True,
+            )
+        finally:
+            await docker.close()
+    return ECHO_IMAGE
+
+
+CAT_IMAGE = "herder-test/busybox-cat:1"
+
+
+def _build_with_command(tag: str, cmd: list[str]) -> None:
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
+        return
+    dockerfile = f"FROM {BUSYBOX_IMAGE}\nCMD {json.dumps(cmd)}\n"
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "-"],
+        input=dockerfile.encode(),
+        check=True,
+        capture_output=True,
+        env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+    )
+
+
+async def ensure_command_image(tag: str, cmd: list[str]) -> str:
+    """A busybox image whose command is `cmd` (daemons run their image's own command)."""
+    await ensure_busybox_image()
+    async with _lock:
+        await asyncio.to_thread(_build_with_command, tag, cmd)
+    return tag
+
+
+async def ensure_cat_image() -> str:
+    """A busybox image running `cat`: what goes to its stdin comes out of its stdout."""
+    return await ensure_command_image(CAT_IMAGE, ["cat"])

@@ -267,3 +267,50 @@ def test_minion_run(served: Served, tmp_path: Path) -> None:
     assert "400" in line and "python" in line  # lists the known environments
     line = _one_error_line(served.herder("minion", "run", "python", "-f", "main.sh=@/nonexistent"))
     assert "/nonexistent" in line
+
+
+def test_attach_to_a_served_daemon_through_a_pty(served: Served) -> None:
+    import pty
+    import select
+    import termios
+
+    token = served.token()
+    result = served.herder(
+        "daemon", "spawn", "echoer", SCRIPT_IMAGE,
+        "-f", 'run.sh=while read line; do echo "got: $line"; done',
+        token=token,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERDER_")}
+    env.update({"HERDER_URL": served.url, "HERDER_TOKEN": token})
+    proc = subprocess.Popen(
+        [*HERDER, "daemon", "attach", "echoer"],
+        stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT,
+    )  # fmt: skip
+    seen = b""
+
+    def read_until(wanted: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 20
+        while wanted not in seen:
+            assert time.monotonic() < deadline, seen
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 4096)
+
+    try:
+        read_until(b"Ctrl-] detaches")
+        os.write(master, b"hello herder\r")
+        read_until(b"got: hello herder\r\n")
+        os.write(master, b"\x1d")
+        read_until(b"detached from echoer")
+        assert proc.wait(timeout=20) == 0
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+        served.herder("daemon", "kill", "echoer", "--wipe", token=token)

@@ -367,3 +367,34 @@ async def test_metrics_move_after_a_minion_spawn(client: Any, token: str) -> Non
     assert _value(families, "herder_spawns_total", kind="minion", outcome="failed") == 0
     assert _value(families, "herder_run_seconds_count", kind="minion") == 1
     assert _value(families, "herder_credits_charged_total") >= 1
+
+
+@pytest.mark.docker
+async def test_metrics_count_proxied_bytes_and_attach_sockets(client: Any, token: str) -> None:
+    form = {
+        "name": "web",
+        "image": await ensure_script_image(),
+        "ports": "[80]",
+        "run.sh": "exec httpd -f -p 80 -h /minion",
+        "page.txt": "x" * 1000,
+    }
+    resp = await client.post("/daemon/v1/spawn", data=form, headers=auth(token))
+    assert resp.status == 200, await resp.text()
+    name = (await resp.json())["Name"]
+    try:
+        for _ in range(50):
+            resp = await client.get(f"/daemon/v1/proxy/{name}/page.txt")
+            if resp.status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert await resp.text() == "x" * 1000
+        async with client.ws_connect("/daemon/v1/attach/web", headers=auth(token)):
+            families = _families(await (await client.get("/metrics")).text())
+            assert _value(families, "herder_websockets_open", kind="attach") == 1
+    finally:
+        await client.server.app[appkeys.RUNTIME].remove(name, volumes=True)
+    families = _families(await (await client.get("/metrics")).text())
+    assert _value(families, "herder_proxy_requests_total") >= 1
+    assert _value(families, "herder_proxy_bytes_total", direction="out") >= 1000
+    assert _value(families, "herder_websockets_opened_total", kind="attach") == 1
+    assert _value(families, "herder_spawns_total", kind="daemon", outcome="ok") == 1

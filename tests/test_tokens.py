@@ -196,3 +196,19 @@ async def test_generate_with_password(password_client: Any) -> None:
         "/token/v1/generate", params={"password": "s3cret", "email": "x@y.z", "credits": "-1"}
     )
     assert resp.status == 400
+
+
+async def test_tokens_never_reach_the_log(
+    client: Any, make_token: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = make_token()
+    caplog.set_level("DEBUG")
+    await client.get(f"/token/v1/inspect/{token}")
+    await client.get("/token/v1/balance", params={"token": token})
+    await client.get("/token/v1/balance", headers=auth(token))
+    await client.get("/token/v1/generate", params={"password": "hunter2", "email": "a@b.c"})
+    # aiohttp's access log belongs to the test server; `herder serve` turns it off.
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("herder"))
+    assert "/token/v1/inspect/***" in logged
+    assert token not in logged and token.split(".")[1] not in logged
+    assert "hunter2" not in logged

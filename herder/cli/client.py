@@ -383,7 +383,7 @@ async def daemon_spawn(client: Client, args: argparse.Namespace) -> int:
     for port, host_port in (result.get("Ports") or {}).items():
         print(f"  port {port} -> host port {host_port}")
     if ports:
-        print(f"  proxy: {client.url}/daemon/v1/proxy/{_path(args.name)}/")
+        print(f"  proxy: {client.url}/daemon/v1/proxy/{_path(str(result.get('Name', args.name)))}/")
     return 0
 
 

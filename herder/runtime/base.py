@@ -8,7 +8,7 @@ touching the routes. Implementations map engine errors to `HerderError`s or
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -164,6 +164,20 @@ class RunResult:
     output_note: str | None = None
 
 
+class Attachment(Protocol):
+    """A live connection to a running container's stdin, stdout and stderr."""
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the container's stdin (waits while the engine is slow to take them)."""
+
+    async def read(self) -> OutputChunk | None:
+        """The next piece of output as it is written; None once the container
+        has stopped or the attachment was closed."""
+
+    async def close(self) -> None:
+        """Detach (idempotent); the container keeps running and its stdin stays open."""
+
+
 class Runtime(Protocol):
     async def ping(self) -> None:
         """Raise `RuntimeUnavailable` unless the engine answers. Called by /healthz."""
@@ -214,18 +228,30 @@ class Runtime(Protocol):
         Wrap it in `contextlib.aclosing` to release the stream early.
         """
 
-    # -- logs and exec (operations) ---------------------------------------------
+    # -- interactive access (called by the attach route) ------------------------
+
+    async def attach(self, ref: str) -> Attachment:
+        """Attach to a running container's stdin, stdout and stderr.
+
+        Output written from now on is delivered (no history: see `logs`).
+        Called once per container by the attach hub, whose session all
+        clients of that container share. Raises `NotFound` when the
+        container does not exist or is not running.
+        """
 
     def logs(
         self, ref: str, *, tail: int | None = None, follow: bool = False
-    ) -> AsyncIterator[OutputChunk]:
+    ) -> AsyncGenerator[OutputChunk, None]:
         """A container's recorded output, oldest first, stdout and stderr apart.
 
-        Called by `GET /daemon/v1/logs/{name}`. `tail` keeps the last lines
-        only (None: all); `follow` keeps the stream open until the container
-        stops or the caller closes the iterator (wrap it in `aclosing`).
-        Raises `NotFound` when the container does not exist.
+        `tail` keeps only the last lines (None: everything); with `follow`
+        the iterator goes on with new output until the container stops.
+        Called by the attach hub to replay recent output and by
+        `GET /daemon/v1/logs/{name}`. Raises `NotFound`
+        when the container does not exist.
         """
+
+    # -- exec (operations) ------------------------------------------------------
 
     async def exec(self, ref: str, cmd: Sequence[str], *, timeout: float, limit: int) -> ExecResult:
         """Run `cmd` in a running container (its own user, never privileged).

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from aiodocker.stream import Stream
 from ..errors import Conflict, ImageNotFound, NotFound
 from . import oneshot
 from .base import (
+    Attachment,
     ContainerInfo,
     ExecResult,
     OutputChunk,
@@ -204,41 +205,7 @@ class DockerRuntime:
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
             raise RuntimeUnavailable("lost the Docker event stream") from exc
 
-    # -- logs and exec (operations) -------------------------------------------
-
-    async def logs(
-        self, ref: str, *, tail: int | None = None, follow: bool = False
-    ) -> AsyncIterator[OutputChunk]:
-        info = await self.inspect(ref)
-        if info is None:
-            raise NotFound("no such container")
-        tty = bool((info.raw.get("Config") or {}).get("Tty"))
-        params = {
-            "stdout": "1",
-            "stderr": "1",
-            "follow": "1" if follow else "0",
-            "tail": "all" if tail is None else str(max(0, tail)),
-        }
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
-        try:
-            async with self.docker._query(
-                f"containers/{info.id}/logs", method="GET", params=params, timeout=timeout
-            ) as response:
-                try:
-                    if tty:
-                        async for data in response.content.iter_any():
-                            yield OutputChunk(1, data)
-                    else:
-                        async for chunk in _demultiplex(response.content):
-                            yield chunk
-                finally:
-                    response.close()
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                raise NotFound("no such container") from None
-            raise RuntimeUnavailable("Docker Engine refused the logs") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise RuntimeUnavailable("lost the Docker log stream") from exc
+    # -- exec (operations) -------------------------------------------
 
     async def exec(self, ref: str, cmd: Sequence[str], *, timeout: float, limit: int) -> ExecResult:
         started = time.monotonic()
@@ -372,9 +339,86 @@ class DockerRuntime:
             # Left for the start-up sweep of this instance's minions.
             log.warning("could not remove minion container %s", container_id, exc_info=True)
 
+    # -- interactive access ------------------------------------------------------
 
-async def _demultiplex(content: aiohttp.StreamReader) -> AsyncIterator[OutputChunk]:
-    """Docker's multiplexed stream (no TTY): 8-byte headers, stream id and length."""
+    async def attach(self, ref: str) -> Attachment:
+        container = self.docker.containers.container(ref)
+        stream = container.attach(stdin=True, stdout=True, stderr=True, logs=False)
+        try:
+            await stream.__aenter__()
+        except aiodocker.DockerError as exc:
+            if exc.status in (404, 409):
+                raise NotFound("the daemon is not running") from None
+            raise RuntimeUnavailable("Docker Engine refused to attach") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable("Docker Engine not answering") from exc
+        return _DockerAttachment(stream)
+
+    async def logs(
+        self, ref: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncGenerator[OutputChunk, None]:
+        info = await self.inspect(ref)
+        if info is None:
+            raise NotFound("the daemon does not exist")
+        tty = bool((info.raw.get("Config") or {}).get("Tty"))
+        params = {
+            "stdout": "1",
+            "stderr": "1",
+            "follow": "1" if follow else "0",
+            "tail": "all" if tail is None else str(max(tail, 0)),
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
+        try:
+            async with self.docker._query(
+                f"containers/{info.id}/logs", method="GET", params=params, timeout=timeout
+            ) as response:
+                try:
+                    if tty:
+                        async for data in response.content.iter_any():
+                            yield OutputChunk(1, data)
+                    else:
+                        async for chunk in _demultiplex(response.content):
+                            yield chunk
+                finally:
+                    response.close()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise NotFound("the daemon does not exist") from None
+            raise RuntimeUnavailable("Docker Engine refused the logs") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable("lost the Docker log stream") from exc
+
+
+class _DockerAttachment:
+    """An aiodocker attach stream (raw, multiplexed: containers run without a TTY)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._stream.write_in(data)
+        except (RuntimeError, aiohttp.ClientError, OSError, AssertionError) as exc:
+            raise RuntimeUnavailable("the attachment is closed") from exc
+
+    async def read(self) -> OutputChunk | None:
+        try:
+            message = await self._stream.read_out()
+        except (aiohttp.ClientError, OSError):
+            return None
+        if message is None:
+            return None
+        return OutputChunk(int(message.stream), bytes(message.data))
+
+    async def close(self) -> None:
+        try:
+            await self._stream.close()
+        except (aiohttp.ClientError, OSError):
+            pass
+
+
+async def _demultiplex(content: aiohttp.StreamReader) -> AsyncGenerator[OutputChunk, None]:
+    """Docker's multiplexed stream: 8-byte headers (stream, 3 zero bytes, big-endian size)."""
     while True:
         try:
             header = await content.readexactly(8)
@@ -389,7 +433,6 @@ async def _demultiplex(content: aiohttp.StreamReader) -> AsyncIterator[OutputChu
             yield OutputChunk(header[0], data)
         if len(data) < size:
             return
-    # -- one-shot runs (minions) -----------------------------------------------
 
 
 def _service_config(spec: ServiceSpec) -> dict[str, Any]:

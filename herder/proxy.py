@@ -1,0 +1,520 @@
+"""The reverse proxy into daemons: `ANY /daemon/v1/proxy/{name}/{path}`.
+
+Requests go to the daemon's first container port at the address recorded in
+the registry when it was spawned, and nowhere else. Bodies are streamed both
+ways (never read whole, so `client_max_size` does not apply: aiohttp enforces
+it only in `read()`, `post()` and `json()`), WebSocket upgrades are relayed
+frame by frame, the prefix is stripped, `X-Forwarded-*` are set, hop-by-hop
+headers and the caller's credentials (`Authorization`, `Cookie`, `?token=`)
+are dropped, and a `Location` pointing into the daemon is rewritten under the
+prefix.
+
+`{name}` is the container name `<name>-<jti>`; with a valid token the
+caller's own plain `<name>` works too when it picks exactly one running
+daemon. Public by default (a daemon publishes its web port);
+`proxy_require_token` makes it owner-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from . import appkeys
+from .errors import NotFound, Unauthorized, UpstreamError, UpstreamTimeout
+from .ledger.lookup import RunningDaemon, find_running_daemon, find_running_daemons_named
+from .tokens import Claims, optional_claims, require_claims
+
+log = logging.getLogger("herder.proxy")
+
+PREFIX = "/daemon/v1/proxy"
+CHUNK = 1 << 16
+WS_MAX_MESSAGE = 16 << 20
+# Positive lookups are cached this long: a request burst costs one query.
+# A daemon killed meanwhile refuses the connection (502) until it expires.
+LOOKUP_TTL = 1.0
+LOOKUP_CACHE_SIZE = 4096
+
+# RFC 9110 7.6.1, plus the legacy names proxies still see.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded: the caller's credentials for the herder, and what the
+# proxy sets itself.
+DROPPED_REQUEST_HEADERS = frozenset(
+    {
+        "host",
+        "authorization",
+        "cookie",
+        "expect",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-prefix",
+    }
+)
+WEBSOCKET_HANDSHAKE_HEADERS = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+
+
+@dataclass
+class Upstreams:
+    """The proxy's one client session to daemons (keep-alive pooled) and its
+    lookup cache. Timeouts are per phase: connecting, and each read; there is
+    no total, which would cut long downloads and WebSockets."""
+
+    session: aiohttp.ClientSession
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        self._cache: dict[str, tuple[float, RunningDaemon]] = {}
+        self._loading: dict[str, asyncio.Future[RunningDaemon | None]] = {}
+
+    @classmethod
+    def create(cls) -> Upstreams:
+        connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=30, force_close=False)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),  # one session serves everyone: keep no cookies
+            auto_decompress=False,  # bodies pass through as the daemon encoded them
+            trust_env=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+        return cls(session)
+
+    @property
+    def timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=None,
+            connect=None,
+            sock_connect=self.connect_timeout,
+            sock_read=self.read_timeout,
+        )
+
+    async def lookup(
+        self, container_name: str, load: Callable[[], Awaitable[RunningDaemon | None]]
+    ) -> RunningDaemon | None:
+        """The daemon of that container name, from the cache or `load`.
+
+        Found daemons are cached for `LOOKUP_TTL`; concurrent misses for one
+        name share a single `load`, so a burst never queues up queries.
+        """
+        entry = self._cache.get(container_name)
+        if entry is not None and entry[0] >= time.monotonic():
+            return entry[1]
+        pending = self._loading.get(container_name)
+        if pending is None:
+            pending = asyncio.ensure_future(load())
+            self._loading[container_name] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(container_name, None))
+        daemon = await asyncio.shield(pending)
+        if daemon is not None:
+            self._remember(daemon)
+        return daemon
+
+    def _remember(self, daemon: RunningDaemon) -> None:
+        if len(self._cache) >= LOOKUP_CACHE_SIZE:
+            now = time.monotonic()
+            self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
+            if len(self._cache) >= LOOKUP_CACHE_SIZE:
+                self._cache.clear()
+        self._cache[daemon.container_name] = (time.monotonic() + LOOKUP_TTL, daemon)
+
+    def forget(self, container_name: str) -> None:
+        self._cache.pop(container_name, None)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def upstreams_context(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: the shared upstream session lives as long as the app."""
+    upstreams = Upstreams.create()
+    app[appkeys.UPSTREAMS] = upstreams
+    yield
+    await upstreams.close()
+
+
+# -- finding the daemon ------------------------------------------------------------
+
+
+async def find_daemon(app: web.Application, name: str, subject: str | None) -> RunningDaemon:
+    """The running daemon `name` designates, from the registry.
+
+    `name` is a container name, or (given the caller's `subject`) the plain
+    name of exactly one of the caller's running daemons. When `subject` is
+    given, another subject's daemon is not found. Raises `NotFound`.
+    """
+    ledger, instance = app[appkeys.LEDGER], app[appkeys.INSTANCE]
+    daemon = await find_running_daemon(ledger, instance, name)
+    if daemon is None and subject is not None:
+        named = await find_running_daemons_named(ledger, instance, subject, name)
+        if len(named) == 1:
+            daemon = named[0]
+    if daemon is None or (subject is not None and daemon.subject != subject):
+        raise NotFound(f"no running daemon named {name!r}")
+    return daemon
+
+
+async def _proxied_daemon(request: web.Request, name: str) -> RunningDaemon:
+    app = request.app
+    if app[appkeys.SETTINGS].proxy_require_token:
+        owner = await require_claims(request)
+        return await find_daemon(app, name, owner.sub)
+    ledger, instance = app[appkeys.LEDGER], app[appkeys.INSTANCE]
+    daemon = await app[appkeys.UPSTREAMS].lookup(
+        name, lambda: find_running_daemon(ledger, instance, name)
+    )
+    if daemon is None:
+        # Public mode: a plain name needs the caller's token to say whose it is.
+        claims: Claims | None = None
+        with contextlib.suppress(Unauthorized):
+            claims = await optional_claims(request)
+        if claims is None:
+            raise NotFound(f"no running daemon named {name!r}")
+        return await find_daemon(app, name, claims.sub)
+    return daemon
+
+
+# -- the route ------------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+@routes.route("*", PREFIX + "/{name}")
+@routes.route("*", PREFIX + "/{name}/{path:.*}")
+async def proxy(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    daemon = await _proxied_daemon(request, name)
+    return await forward(request, daemon, f"{PREFIX}/{name}")
+
+
+async def forward(request: web.Request, daemon: RunningDaemon, prefix: str) -> web.StreamResponse:
+    """Relay one request (or WebSocket) to the daemon and its answer back."""
+    if daemon.first_port is None:
+        raise NotFound(f"daemon {daemon.container_name!r} publishes no port")
+    if not daemon.address:
+        raise UpstreamError(f"daemon {daemon.container_name!r} has no address")
+    path = _stripped_path(request)
+    if path is None:
+        if request.method in ("GET", "HEAD"):
+            query = request.rel_url.raw_query_string
+            raise web.HTTPPermanentRedirect(prefix + "/" + (f"?{query}" if query else ""))
+        path = "/"
+    target = URL.build(
+        scheme="http",
+        host=daemon.address,
+        port=daemon.first_port,
+        path=path,
+        query_string=_query_without_token(request),
+        encoded=True,
+    )
+    headers = _upstream_headers(request, prefix)
+    upstreams = request.app[appkeys.UPSTREAMS]
+    if _is_websocket_upgrade(request):
+        return await _relay_websocket(request, upstreams, target, headers)
+    return await _relay_http(request, upstreams, target, headers, daemon, prefix)
+
+
+def _stripped_path(request: web.Request) -> str | None:
+    """The raw path after `/daemon/v1/proxy/<name>` (None when nothing follows)."""
+    raw = request.rel_url.raw_path
+    cut = raw.find("/", len(PREFIX) + 1)
+    return None if cut < 0 else raw[cut:]
+
+
+def _query_without_token(request: web.Request) -> str:
+    raw = request.rel_url.raw_query_string
+    if "token" not in request.query:
+        return raw
+    return urlencode([(k, v) for k, v in request.query.items() if k != "token"])
+
+
+def _upstream_headers(request: web.Request, prefix: str) -> CIMultiDict[str]:
+    named = {
+        token.strip().lower()
+        for value in request.headers.getall("Connection", [])
+        for token in value.split(",")
+    }
+    websocket = _is_websocket_upgrade(request)
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in request.headers.items():
+        lower = key.lower()
+        if lower in HOP_BY_HOP or lower in DROPPED_REQUEST_HEADERS or lower in named:
+            continue
+        if websocket and lower in WEBSOCKET_HANDSHAKE_HEADERS:
+            continue
+        out.add(key, value)
+    remote = request.remote or ""
+    earlier = request.headers.get("X-Forwarded-For")
+    out["X-Forwarded-For"] = f"{earlier}, {remote}" if earlier else remote
+    out["X-Forwarded-Proto"] = request.scheme
+    out["X-Forwarded-Host"] = request.host
+    out["X-Forwarded-Prefix"] = prefix
+    return out
+
+
+def _downstream_headers(
+    upstream: aiohttp.ClientResponse, daemon: RunningDaemon, prefix: str
+) -> CIMultiDict[str]:
+    named = {
+        token.strip().lower()
+        for value in upstream.headers.getall("Connection", [])
+        for token in value.split(",")
+    }
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in upstream.headers.items():
+        lower = key.lower()
+        if lower in HOP_BY_HOP or lower in named:
+            continue
+        if lower == "location":
+            value = rewrite_location(value, daemon, prefix)
+        out.add(key, value)
+    return out
+
+
+def rewrite_location(value: str, daemon: RunningDaemon, prefix: str) -> str:
+    """Put a redirect into the daemon back under the proxy prefix.
+
+    `/x` and `http://<daemon address>:<port>/x` become `<prefix>/x`; relative
+    references already resolve under the prefix and other hosts are left alone.
+    """
+    if value.startswith("/") and not value.startswith("//"):
+        return prefix + value
+    try:
+        url = URL(value)
+    except ValueError:
+        return value
+    if not url.is_absolute() or url.scheme not in ("http", "https"):
+        return value
+    if url.host != daemon.address or url.port != daemon.first_port:
+        return value
+    rest = url.raw_path or "/"
+    if url.raw_query_string:
+        rest += "?" + url.raw_query_string
+    if url.raw_fragment:
+        rest += "#" + url.raw_fragment
+    return prefix + rest
+
+
+def _is_websocket_upgrade(request: web.Request) -> bool:
+    return (
+        request.method == "GET"
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in request.headers.get("Connection", "").lower()
+    )
+
+
+def _upstream_failure(exc: BaseException, daemon_url: URL) -> Exception:
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout("the daemon did not answer in time")
+    log.info("upstream %s failed: %r", daemon_url.host, exc)
+    return UpstreamError("the daemon is not answering")
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+
+async def _relay_http(
+    request: web.Request,
+    upstreams: Upstreams,
+    target: URL,
+    headers: CIMultiDict[str],
+    daemon: RunningDaemon,
+    prefix: str,
+) -> web.StreamResponse:
+    counted = _Counted()
+    try:
+        return await _relay_http_counted(
+            request, upstreams, target, headers, daemon, prefix, counted
+        )
+    finally:
+        request.app[appkeys.METRICS].proxied(counted.sent, counted.returned)
+
+
+class _Counted:
+    """Body bytes of one proxied request: `sent` to the daemon, `returned` from it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.returned = 0
+
+    async def upload(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.sent += len(chunk)
+            yield chunk
+
+
+async def _relay_http_counted(
+    request: web.Request,
+    upstreams: Upstreams,
+    target: URL,
+    headers: CIMultiDict[str],
+    daemon: RunningDaemon,
+    prefix: str,
+    counted: _Counted,
+) -> web.StreamResponse:
+    body = counted.upload(request.content.iter_chunked(CHUNK)) if request.body_exists else None
+    try:
+        upstream = await upstreams.session.request(
+            request.method,
+            target,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=upstreams.timeout,
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            upstreams.forget(daemon.container_name)
+        raise _upstream_failure(exc, target) from None
+    async with upstream:
+        headers = _downstream_headers(upstream, daemon, prefix)
+        length = upstream.content_length
+        if length is not None and length <= CHUNK and request.method != "HEAD":
+            # A small body of known size: one bounded read, and headers and
+            # body go out in one write.
+            try:
+                content = await upstream.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _upstream_failure(exc, target) from None
+            del headers["Content-Length"]
+            counted.returned += len(content)
+            small = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
+            small.body = content
+            return small
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                counted.returned += len(chunk)
+                await response.write(chunk)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass  # the caller went away; closing `upstream` drops the daemon's side
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The daemon broke off mid-body: end the caller's connection
+            # without a clean end, so a cut body is never taken as whole.
+            log.info("upstream %s broke off: %r", target.host, exc)
+            if request.transport is not None:
+                request.transport.close()
+    return response
+
+
+# -- WebSocket ------------------------------------------------------------------------------
+
+# Close codes an endpoint may send (RFC 6455 7.4): others become 1000.
+_SENDABLE_CLOSE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
+
+
+def _close_code(code: object) -> int:
+    if isinstance(code, int) and (code in _SENDABLE_CLOSE or 3000 <= code <= 4999):
+        return code
+    return 1000
+
+
+async def _relay_websocket(
+    request: web.Request, upstreams: Upstreams, target: URL, headers: CIMultiDict[str]
+) -> web.StreamResponse:
+    protocols = [
+        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+    ]
+    try:
+        upstream = await upstreams.session.ws_connect(
+            target,
+            headers=headers,
+            protocols=protocols,
+            autoclose=False,
+            autoping=True,
+            max_msg_size=WS_MAX_MESSAGE,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+            receive_timeout=None,
+            compress=0,
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise UpstreamError(f"the daemon refused the WebSocket upgrade ({exc.status})") from None
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise _upstream_failure(exc, target) from None
+    client = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (),
+        autoclose=False,
+        autoping=True,
+        max_msg_size=WS_MAX_MESSAGE,
+    )
+    try:
+        await client.prepare(request)
+        with request.app[appkeys.METRICS].websocket("proxy"):
+            await _pump_both_ways(client, upstream)
+    finally:
+        if not upstream.closed:
+            await upstream.close()
+        if not client.closed:
+            await client.close()
+    return client
+
+
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pump_both_ways(client: web.WebSocketResponse, upstream: WebSocket) -> None:
+    to_daemon = asyncio.create_task(_pump(client, upstream))
+    to_client = asyncio.create_task(_pump(upstream, client))
+    try:
+        await asyncio.wait({to_daemon, to_client}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (to_daemon, to_client):
+            task.cancel()
+        for task in (to_daemon, to_client):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, aiohttp.ClientError):
+                await task
+
+
+async def _pump(source: WebSocket, sink: WebSocket) -> None:
+    """Copy frames from `source` to `sink` until either closes; a close passes
+    its code and reason on."""
+    while True:
+        msg = await source.receive()
+        if msg.type == WSMsgType.TEXT:
+            await sink.send_str(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await sink.send_bytes(msg.data)
+        elif msg.type == WSMsgType.CLOSE:
+            code = _close_code(msg.data)
+            reason = (msg.extra or "").encode()[:123]
+            await sink.close(code=code, message=reason)
+            await source.close(code=code)
+            return
+        else:  # CLOSING, CLOSED, ERROR: the source is gone without a close frame
+            await sink.close(code=1011 if msg.type == WSMsgType.ERROR else 1001)
+            return
