@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -91,18 +92,21 @@ async def test_token_round_trip_against_served_herder(tmp_path: Path, aiohttp_cl
     assert resp.status == 200
     assert (await resp.json())["credits"] == 321
 
-    inspected = run("token", "inspect", token, env=env)
+    # The served app shares this event loop: run the CLI in a thread so the
+    # app keeps running (a blocked loop could hold a SQLite write lock).
+    inspected = await asyncio.to_thread(run, "token", "inspect", token, env=env)
     assert inspected.returncode == 0
     assert "cli@example.org" in inspected.stdout and "321" in inspected.stdout
     jti = next(
         line.split()[-1] for line in inspected.stdout.splitlines() if line.startswith("jti:")
     )
 
-    revoked = run("token", "revoke", jti, env=env)
+    revoked = await asyncio.to_thread(run, "token", "revoke", jti, env=env)
     assert revoked.returncode == 0
     resp = await client.get("/token/v1/balance", headers=auth(token))
     assert resp.status == 401
-    assert "revoked" in run("token", "inspect", token, env=env).stdout + "revoked"
+    after = await asyncio.to_thread(run, "token", "inspect", token, env=env)
+    assert "revoked:   yes" in after.stdout
 
 
 def test_inspect_rejects_foreign_token(tmp_path: Path) -> None:
