@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import appkeys
@@ -74,6 +74,8 @@ DROPPED_REQUEST_HEADERS = frozenset(
         "x-forwarded-prefix",
     }
 )
+# One set lookup per header on the hot path.
+_NOT_FORWARDED = HOP_BY_HOP | DROPPED_REQUEST_HEADERS
 WEBSOCKET_HANDSHAKE_HEADERS = frozenset(
     {
         "sec-websocket-key",
@@ -98,6 +100,8 @@ class Upstreams:
     def __post_init__(self) -> None:
         self._cache: dict[str, tuple[float, RunningDaemon]] = {}
         self._loading: dict[str, asyncio.Future[RunningDaemon | None]] = {}
+        self._timeout_for: tuple[float, float] | None = None
+        self._timeout = aiohttp.ClientTimeout()
 
     @classmethod
     def create(cls) -> Upstreams:
@@ -113,12 +117,21 @@ class Upstreams:
 
     @property
     def timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            total=None,
-            connect=None,
-            sock_connect=self.connect_timeout,
-            sock_read=self.read_timeout,
-        )
+        """The per-phase timeouts, built once (and again if the fields change)."""
+        key = (self.connect_timeout, self.read_timeout)
+        if key != self._timeout_for:
+            self._timeout = aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=key[0], sock_read=key[1]
+            )
+            self._timeout_for = key
+        return self._timeout
+
+    def cached(self, container_name: str) -> RunningDaemon | None:
+        """The daemon of that container name if the cache holds it (fresh)."""
+        entry = self._cache.get(container_name)
+        if entry is not None and entry[0] >= time.monotonic():
+            return entry[1]
+        return None
 
     async def lookup(
         self, container_name: str, load: Callable[[], Awaitable[RunningDaemon | None]]
@@ -128,9 +141,9 @@ class Upstreams:
         Found daemons are cached for `LOOKUP_TTL`; concurrent misses for one
         name share a single `load`, so a burst never queues up queries.
         """
-        entry = self._cache.get(container_name)
-        if entry is not None and entry[0] >= time.monotonic():
-            return entry[1]
+        daemon = self.cached(container_name)
+        if daemon is not None:
+            return daemon
         pending = self._loading.get(container_name)
         if pending is None:
             pending = asyncio.ensure_future(load())
@@ -190,10 +203,12 @@ async def _proxied_daemon(request: web.Request, name: str) -> RunningDaemon:
     if app[appkeys.SETTINGS].proxy_require_token:
         owner = await require_claims(request)
         return await find_daemon(app, name, owner.sub)
+    upstreams = app[appkeys.UPSTREAMS]
+    daemon = upstreams.cached(name)
+    if daemon is not None:
+        return daemon
     ledger, instance = app[appkeys.LEDGER], app[appkeys.INSTANCE]
-    daemon = await app[appkeys.UPSTREAMS].lookup(
-        name, lambda: find_running_daemon(ledger, instance, name)
-    )
+    daemon = await upstreams.lookup(name, lambda: find_running_daemon(ledger, instance, name))
     if daemon is None:
         # Public mode: a plain name needs the caller's token to say whose it is.
         claims: Claims | None = None
@@ -238,9 +253,10 @@ async def forward(request: web.Request, daemon: RunningDaemon, prefix: str) -> w
         query_string=_query_without_token(request),
         encoded=True,
     )
-    headers = _upstream_headers(request, prefix)
+    websocket = _is_websocket_upgrade(request)
+    headers = _upstream_headers(request, prefix, websocket)
     upstreams = request.app[appkeys.UPSTREAMS]
-    if _is_websocket_upgrade(request):
+    if websocket:
         return await _relay_websocket(request, upstreams, target, headers)
     return await _relay_http(request, upstreams, target, headers, daemon, prefix)
 
@@ -254,28 +270,32 @@ def _stripped_path(request: web.Request) -> str | None:
 
 def _query_without_token(request: web.Request) -> str:
     raw = request.rel_url.raw_query_string
-    if "token" not in request.query:
+    if not raw or "token" not in request.query:
         return raw
     return urlencode([(k, v) for k, v in request.query.items() if k != "token"])
 
 
-def _upstream_headers(request: web.Request, prefix: str) -> CIMultiDict[str]:
-    named = {
-        token.strip().lower()
-        for value in request.headers.getall("Connection", [])
-        for token in value.split(",")
-    }
-    websocket = _is_websocket_upgrade(request)
+def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """The header names a `Connection` header lists (hop-by-hop for this hop)."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
+def _upstream_headers(request: web.Request, prefix: str, websocket: bool) -> CIMultiDict[str]:
+    incoming = request.headers
+    named = _connection_named(incoming)
     out: CIMultiDict[str] = CIMultiDict()
-    for key, value in request.headers.items():
+    for key, value in incoming.items():
         lower = key.lower()
-        if lower in HOP_BY_HOP or lower in DROPPED_REQUEST_HEADERS or lower in named:
+        if lower in _NOT_FORWARDED or lower in named:
             continue
         if websocket and lower in WEBSOCKET_HANDSHAKE_HEADERS:
             continue
         out.add(key, value)
     remote = request.remote or ""
-    earlier = request.headers.get("X-Forwarded-For")
+    earlier = incoming.get("X-Forwarded-For")
     out["X-Forwarded-For"] = f"{earlier}, {remote}" if earlier else remote
     out["X-Forwarded-Proto"] = request.scheme
     out["X-Forwarded-Host"] = request.host
@@ -283,23 +303,27 @@ def _upstream_headers(request: web.Request, prefix: str) -> CIMultiDict[str]:
     return out
 
 
-def _downstream_headers(
-    upstream: aiohttp.ClientResponse, daemon: RunningDaemon, prefix: str
-) -> CIMultiDict[str]:
-    named = {
-        token.strip().lower()
-        for value in upstream.headers.getall("Connection", [])
-        for token in value.split(",")
-    }
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in upstream.headers.items():
+def _copy_downstream_headers(
+    upstream: aiohttp.ClientResponse,
+    daemon: RunningDaemon,
+    prefix: str,
+    out: CIMultiDict[str],
+    *,
+    length: bool,
+) -> None:
+    """The daemon's response headers into `out`, minus hop-by-hop ones (and
+    `Content-Length` unless `length`), with `Location` rewritten."""
+    incoming = upstream.headers
+    named = _connection_named(incoming)
+    for key, value in incoming.items():
         lower = key.lower()
         if lower in HOP_BY_HOP or lower in named:
             continue
         if lower == "location":
             value = rewrite_location(value, daemon, prefix)
+        elif lower == "content-length" and not length:
+            continue
         out.add(key, value)
-    return out
 
 
 def rewrite_location(value: str, daemon: RunningDaemon, prefix: str) -> str:
@@ -354,15 +378,58 @@ async def _relay_http(
 ) -> web.StreamResponse:
     counted = _Counted()
     try:
-        return await _relay_http_counted(
-            request, upstreams, target, headers, daemon, prefix, counted
-        )
+        body = counted.upload(request.content.iter_chunked(CHUNK)) if request.body_exists else None
+        try:
+            upstream = await upstreams.session.request(
+                request.method,
+                target,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=upstreams.timeout,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                upstreams.forget(daemon.container_name)
+            raise _upstream_failure(exc, target) from None
+        async with upstream:
+            length = upstream.content_length
+            if length is not None and length <= CHUNK and request.method != "HEAD":
+                # A small body of known size: one bounded read, and headers
+                # and body go out in one write.
+                try:
+                    content = await upstream.read()
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    raise _upstream_failure(exc, target) from None
+                counted.returned = len(content)
+                small = web.Response(body=content, status=upstream.status, reason=upstream.reason)
+                _copy_downstream_headers(upstream, daemon, prefix, small.headers, length=False)
+                return small
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            _copy_downstream_headers(upstream, daemon, prefix, response.headers, length=True)
+            try:
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_chunked(CHUNK):
+                    counted.returned += len(chunk)
+                    await response.write(chunk)
+                await response.write_eof()
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                pass  # the caller went away; closing `upstream` drops the daemon's side
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # The daemon broke off mid-body: end the caller's connection
+                # without a clean end, so a cut body is never taken as whole.
+                log.info("upstream %s broke off: %r", target.host, exc)
+                if request.transport is not None:
+                    request.transport.close()
+        return response
     finally:
         request.app[appkeys.METRICS].proxied(counted.sent, counted.returned)
 
 
 class _Counted:
     """Body bytes of one proxied request: `sent` to the daemon, `returned` from it."""
+
+    __slots__ = ("returned", "sent")
 
     def __init__(self) -> None:
         self.sent = 0
@@ -372,64 +439,6 @@ class _Counted:
         async for chunk in chunks:
             self.sent += len(chunk)
             yield chunk
-
-
-async def _relay_http_counted(
-    request: web.Request,
-    upstreams: Upstreams,
-    target: URL,
-    headers: CIMultiDict[str],
-    daemon: RunningDaemon,
-    prefix: str,
-    counted: _Counted,
-) -> web.StreamResponse:
-    body = counted.upload(request.content.iter_chunked(CHUNK)) if request.body_exists else None
-    try:
-        upstream = await upstreams.session.request(
-            request.method,
-            target,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=upstreams.timeout,
-        )
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            upstreams.forget(daemon.container_name)
-        raise _upstream_failure(exc, target) from None
-    async with upstream:
-        headers = _downstream_headers(upstream, daemon, prefix)
-        length = upstream.content_length
-        if length is not None and length <= CHUNK and request.method != "HEAD":
-            # A small body of known size: one bounded read, and headers and
-            # body go out in one write.
-            try:
-                content = await upstream.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise _upstream_failure(exc, target) from None
-            del headers["Content-Length"]
-            counted.returned += len(content)
-            small = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
-            small.body = content
-            return small
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=headers
-        )
-        try:
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                counted.returned += len(chunk)
-                await response.write(chunk)
-            await response.write_eof()
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            pass  # the caller went away; closing `upstream` drops the daemon's side
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # The daemon broke off mid-body: end the caller's connection
-            # without a clean end, so a cut body is never taken as whole.
-            log.info("upstream %s broke off: %r", target.host, exc)
-            if request.transport is not None:
-                request.transport.close()
-    return response
 
 
 # -- WebSocket ------------------------------------------------------------------------------
