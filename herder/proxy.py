@@ -7,7 +7,8 @@ it only in `read()`, `post()` and `json()`), WebSocket upgrades are relayed
 frame by frame, the prefix is stripped, `X-Forwarded-*` are set, hop-by-hop
 headers and the caller's credentials (`Authorization`, `Cookie`, `?token=`)
 are dropped, and a `Location` pointing into the daemon is rewritten under the
-prefix.
+prefix. Plain GETs and HEADs (no body) take the lean client of
+`herder.upstream`; everything else goes through one aiohttp session.
 
 `{name}` is the container name `<name>-<jti>`; with a valid token the
 caller's own plain `<name>` works too when it picks exactly one running
@@ -22,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import aiohttp
@@ -34,6 +35,7 @@ from . import appkeys
 from .errors import NotFound, Unauthorized, UpstreamError, UpstreamTimeout
 from .ledger.lookup import RunningDaemon, find_running_daemon, find_running_daemons_named
 from .tokens import Claims, optional_claims, require_claims
+from .upstream import UpstreamBroken, UpstreamPool, UpstreamUnreachable
 
 log = logging.getLogger("herder.proxy")
 
@@ -96,6 +98,8 @@ class Upstreams:
     session: aiohttp.ClientSession
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    # Plain GETs and HEADs (most requests) go through this lean client instead.
+    pool: UpstreamPool = field(default_factory=UpstreamPool)
 
     def __post_init__(self) -> None:
         self._cache: dict[str, tuple[float, RunningDaemon]] = {}
@@ -166,6 +170,7 @@ class Upstreams:
         self._cache.pop(container_name, None)
 
     async def close(self) -> None:
+        await self.pool.close()
         await self.session.close()
 
 
@@ -245,17 +250,24 @@ async def forward(request: web.Request, daemon: RunningDaemon, prefix: str) -> w
             query = request.rel_url.raw_query_string
             raise web.HTTPPermanentRedirect(prefix + "/" + (f"?{query}" if query else ""))
         path = "/"
+    query = _query_without_token(request)
+    websocket = _is_websocket_upgrade(request)
+    headers = _upstream_headers(request, prefix, websocket)
+    upstreams = request.app[appkeys.UPSTREAMS]
+    if not websocket and request.method in _LEAN_METHODS and not request.body_exists:
+        head = _request_head(
+            request.method, daemon.address, daemon.first_port, path, query, headers
+        )
+        if head is not None:
+            return await _relay_lean(request, upstreams, head, daemon, prefix)
     target = URL.build(
         scheme="http",
         host=daemon.address,
         port=daemon.first_port,
         path=path,
-        query_string=_query_without_token(request),
+        query_string=query,
         encoded=True,
     )
-    websocket = _is_websocket_upgrade(request)
-    headers = _upstream_headers(request, prefix, websocket)
-    upstreams = request.app[appkeys.UPSTREAMS]
     if websocket:
         return await _relay_websocket(request, upstreams, target, headers)
     return await _relay_http(request, upstreams, target, headers, daemon, prefix)
@@ -275,7 +287,10 @@ def _query_without_token(request: web.Request) -> str:
     return urlencode([(k, v) for k, v in request.query.items() if k != "token"])
 
 
-def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
+
+
+def _connection_named(headers: Headers) -> frozenset[str]:
     """The header names a `Connection` header lists (hop-by-hop for this hop)."""
     values = headers.getall("Connection", ())
     if not values:
@@ -304,7 +319,7 @@ def _upstream_headers(request: web.Request, prefix: str, websocket: bool) -> CIM
 
 
 def _copy_downstream_headers(
-    upstream: aiohttp.ClientResponse,
+    incoming: Headers,
     daemon: RunningDaemon,
     prefix: str,
     out: CIMultiDict[str],
@@ -313,7 +328,6 @@ def _copy_downstream_headers(
 ) -> None:
     """The daemon's response headers into `out`, minus hop-by-hop ones (and
     `Content-Length` unless `length`), with `Location` rewritten."""
-    incoming = upstream.headers
     named = _connection_named(incoming)
     for key, value in incoming.items():
         lower = key.lower()
@@ -358,10 +372,10 @@ def _is_websocket_upgrade(request: web.Request) -> bool:
     )
 
 
-def _upstream_failure(exc: BaseException, daemon_url: URL) -> Exception:
+def _upstream_failure(exc: BaseException, host: str | None) -> Exception:
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("the daemon did not answer in time")
-    log.info("upstream %s failed: %r", daemon_url.host, exc)
+    log.info("upstream %s failed: %r", host, exc)
     return UpstreamError("the daemon is not answering")
 
 
@@ -391,7 +405,7 @@ async def _relay_http(
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if isinstance(exc, aiohttp.ClientConnectorError):
                 upstreams.forget(daemon.container_name)
-            raise _upstream_failure(exc, target) from None
+            raise _upstream_failure(exc, target.host) from None
         async with upstream:
             length = upstream.content_length
             if length is not None and length <= CHUNK and request.method != "HEAD":
@@ -400,13 +414,17 @@ async def _relay_http(
                 try:
                     content = await upstream.read()
                 except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise _upstream_failure(exc, target) from None
+                    raise _upstream_failure(exc, target.host) from None
                 counted.returned = len(content)
                 small = web.Response(body=content, status=upstream.status, reason=upstream.reason)
-                _copy_downstream_headers(upstream, daemon, prefix, small.headers, length=False)
+                _copy_downstream_headers(
+                    upstream.headers, daemon, prefix, small.headers, length=False
+                )
                 return small
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            _copy_downstream_headers(upstream, daemon, prefix, response.headers, length=True)
+            _copy_downstream_headers(
+                upstream.headers, daemon, prefix, response.headers, length=True
+            )
             try:
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_chunked(CHUNK):
@@ -439,6 +457,91 @@ class _Counted:
         async for chunk in chunks:
             self.sent += len(chunk)
             yield chunk
+
+
+# -- HTTP, the lean way: plain GET and HEAD -------------------------------------------
+
+_LEAN_METHODS = frozenset({"GET", "HEAD"})
+
+
+def _request_head(
+    method: str, host: str, port: int, path: str, query: str, headers: CIMultiDict[str]
+) -> bytes | None:
+    """The request head as aiohttp's client would write it (None when a
+    header value could break the head: aiohttp then refuses it as before)."""
+    authority = f"[{host}]" if ":" in host else host
+    if port != 80:
+        authority = f"{authority}:{port}"
+    target = f"{path}?{query}" if query else path
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+    for key, value in headers.items():
+        if "\n" in value or "\r" in value:
+            return None
+        lines.append(f"{key}: {value}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+async def _relay_lean(
+    request: web.Request,
+    upstreams: Upstreams,
+    head: bytes,
+    daemon: RunningDaemon,
+    prefix: str,
+) -> web.StreamResponse:
+    """`_relay_http` for a request without a body, over the lean client."""
+    assert daemon.first_port is not None
+    host = daemon.address
+    returned = 0
+    try:
+        try:
+            upstream = await upstreams.pool.request(
+                host,
+                daemon.first_port,
+                head,
+                head_request=request.method == "HEAD",
+                connect_timeout=upstreams.connect_timeout,
+                read_timeout=upstreams.read_timeout,
+            )
+        except (TimeoutError, UpstreamBroken, OSError) as exc:
+            if isinstance(exc, UpstreamUnreachable):
+                upstreams.forget(daemon.container_name)
+            raise _upstream_failure(exc, host) from None
+        try:
+            length = upstream.content_length
+            if length is not None and length <= CHUNK and request.method != "HEAD":
+                try:
+                    content = await upstream.body.read_all()
+                except (TimeoutError, UpstreamBroken, OSError) as exc:
+                    raise _upstream_failure(exc, host) from None
+                returned = len(content)
+                small = web.Response(body=content, status=upstream.status, reason=upstream.reason)
+                _copy_downstream_headers(
+                    upstream.headers, daemon, prefix, small.headers, length=False
+                )
+                return small
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            _copy_downstream_headers(
+                upstream.headers, daemon, prefix, response.headers, length=True
+            )
+            try:
+                await response.prepare(request)
+                async for chunk in upstream.body.chunks(CHUNK):
+                    returned += len(chunk)
+                    await response.write(chunk)
+                await response.write_eof()
+            except (TimeoutError, UpstreamBroken) as exc:
+                # As in `_relay_http`: a body cut by the daemon is never passed as whole.
+                log.info("upstream %s broke off: %r", host, exc)
+                if request.transport is not None:
+                    request.transport.close()
+            except ConnectionResetError:
+                pass  # the caller went away; closing `upstream` drops the daemon's side
+            return response
+        finally:
+            upstream.close()
+    finally:
+        request.app[appkeys.METRICS].proxied(0, returned)
 
 
 # -- WebSocket ------------------------------------------------------------------------------
@@ -474,7 +577,7 @@ async def _relay_websocket(
     except aiohttp.WSServerHandshakeError as exc:
         raise UpstreamError(f"the daemon refused the WebSocket upgrade ({exc.status})") from None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise _upstream_failure(exc, target) from None
+        raise _upstream_failure(exc, target.host) from None
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (),
         autoclose=False,
