@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import secrets
@@ -54,30 +55,48 @@ CORS_HEADERS = {
 
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# Request ids: a random prefix per process and a counter, unique without
+# asking the OS for randomness on every request.
+_ID_PREFIX = secrets.token_hex(4) + "-"
+_next_id = itertools.count(1).__next__
 
 
 def _request_id(request: web.Request) -> str:
     """The caller's `X-Request-Id` when it is sane (it goes into logs), else a new one."""
-    given = request.headers.get("X-Request-Id", "")
-    return given if _CLIENT_REQUEST_ID.fullmatch(given) else secrets.token_hex(6)
+    given = request.headers.get("X-Request-Id")
+    if given and _CLIENT_REQUEST_ID.fullmatch(given):
+        return given
+    return f"{_ID_PREFIX}{_next_id():x}"
 
 
 def loggable_path(request: web.Request) -> str:
     """The path without anything secret: never the query string (it may carry
     `?token=`), and `/token/v1/inspect/<token>` with the token hidden."""
-    path = request.path
-    if path.startswith(INSPECT_PREFIX):
-        return INSPECT_PREFIX + "***"
-    return path
+    return _loggable(request.path)
+
+
+def _loggable(path: str) -> str:
+    return INSPECT_PREFIX + "***" if path.startswith(INSPECT_PREFIX) else path
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render `HerderError`s as `{"error": ...}`; anything else is a logged 500.
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware every request passes (one layer: it is on the
+    proxy's hot path).
 
-    Also logs one line per request, carrying its request id (sent back as
-    `X-Request-Id`, and set for every line logged while handling it).
+    - Open CORS, as the original herder: any origin may call the API; not on
+      proxied paths, where a daemon answers its own preflights and sets its
+      own CORS headers. Preflights are answered here and not logged.
+    - `HerderError`s rendered as `{"error": ...}`; anything else is a logged 500.
+    - One log line per request, carrying its request id (sent back as
+      `X-Request-Id`, and set for every line logged while handling it), and
+      the request counted in the metrics.
     """
+    path = request.path
+    method = request.method
+    cors = not path.startswith(PROXY_PREFIX)
+    if cors and method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return web.Response(status=204, headers=CORS_HEADERS)
     request_id = _request_id(request)
     request[appkeys.REQUEST_ID] = request_id
     context_token = REQUEST_ID.set(request_id)
@@ -86,42 +105,55 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
         status = response.status
-        return response
     except HerderError as exc:
         status = exc.status
-        return web.json_response(exc.payload(), status=exc.status)
+        response = web.json_response(exc.payload(), status=exc.status)
     except web.HTTPRequestEntityTooLarge:
         status = 413
-        return web.json_response({"error": PayloadTooLarge.message}, status=413)
+        response = web.json_response({"error": PayloadTooLarge.message}, status=413)
     except web.HTTPException as exc:
         status = exc.status
         if exc.status < 400:
             raise
         reason = exc.reason if exc.status != 404 else NotFound.message
-        return web.json_response(
+        response = web.json_response(
             {"error": reason.lower()}, status=exc.status, headers=_safe_headers(exc)
         )
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, loggable_path(request))
-        return web.json_response({"error": "internal error", "request_id": request_id}, status=500)
-    finally:
-        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-        log.info(
-            "%s %s %s %.1fms",
-            request.method,
-            loggable_path(request),
-            status,
-            elapsed_ms,
-            extra={
-                "method": request.method,
-                "path": loggable_path(request),
-                "status": status,
-                "ms": elapsed_ms,
-                "request_id": request_id,
-            },
+        log.exception("unhandled error in %s %s", method, _loggable(path))
+        response = web.json_response(
+            {"error": "internal error", "request_id": request_id}, status=500
         )
-        request.app[appkeys.METRICS].request(request.method, status)
+    finally:
+        _log_request(method, _loggable(path), status, time.monotonic() - started, request_id)
+        request.app[appkeys.METRICS].request(method, status)
         REQUEST_ID.reset(context_token)
+    if cors and not response.prepared:
+        response.headers.update(CORS_HEADERS)
+    return response
+
+
+def _log_request(method: str, path: str, status: int, seconds: float, request_id: str) -> None:
+    """The request's log line (`extra` fields for the JSON format).
+
+    The record is made and handled directly: `Logger.info` would also walk
+    the stack for the caller's file and line, which no format here prints,
+    and this line is logged for every request."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    ms = round(seconds * 1000, 1)
+    record = log.makeRecord(
+        log.name,
+        logging.INFO,
+        __file__,
+        0,
+        "%s %s %s %.1fms",
+        (method, path, status, ms),
+        None,
+        "request",
+        {"method": method, "path": path, "status": status, "ms": ms, "request_id": request_id},
+    )
+    log.handle(record)
 
 
 async def _send_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -135,25 +167,9 @@ def _safe_headers(exc: web.HTTPException) -> dict[str, str]:
     return {k: v for k, v in exc.headers.items() if k in ("Allow",)}
 
 
-@web.middleware
-async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Open CORS, as the original herder: any origin may call the API.
-
-    Not on proxied paths: a daemon answers its own preflights and sets its
-    own CORS headers."""
-    if request.path.startswith(PROXY_PREFIX):
-        return await handler(request)
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        return web.Response(status=204, headers=CORS_HEADERS)
-    response = await handler(request)
-    if not response.prepared:
-        response.headers.update(CORS_HEADERS)
-    return response
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware, error_middleware],
+        middlewares=[request_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[appkeys.SETTINGS] = settings

@@ -1,4 +1,4 @@
-"""One error hierarchy; `herder.app.error_middleware` maps it to HTTP.
+"""One error hierarchy; `herder.app.request_middleware` maps it to HTTP.
 
 Every error a client may see is a `HerderError` with a status and a public
 message. Anything else is a bug: it is logged with its traceback and the

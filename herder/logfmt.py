@@ -12,6 +12,7 @@ import contextvars
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("herder_request_id", default="")
@@ -30,7 +31,25 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
+class _SecondCachedTime(logging.Formatter):
+    """`formatTime` as `logging.Formatter`'s default, with the seconds part
+    formatted once per second (a line is logged for every request)."""
+
+    _cached: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached_second, stamp = self._cached
+        if second != cached_second:
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._cached = (second, stamp)
+        msec_format = self.default_msec_format
+        return msec_format % (stamp, record.msecs) if msec_format else stamp
+
+
+class JsonFormatter(_SecondCachedTime):
     """One JSON object per line: time, level, logger, message, request_id,
     any `extra=` fields, and the exception when there is one."""
 
@@ -49,7 +68,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_SecondCachedTime):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -101,8 +101,10 @@ class Metrics:
             self._run_seconds.labels(kind)
             for outcome in ("ok", "failed"):
                 self._spawns.labels(kind, outcome)
-        for direction in ("in", "out"):
-            self._proxy_bytes.labels(direction)
+        # Children looked up once: these are counted on every request.
+        self._proxy_in = self._proxy_bytes.labels("in")
+        self._proxy_out = self._proxy_bytes.labels("out")
+        self._request_children: dict[tuple[str, int], Counter] = {}
 
     # -- the API other modules call ------------------------------------------
 
@@ -117,8 +119,10 @@ class Metrics:
     def proxied(self, bytes_in: int, bytes_out: int) -> None:
         """One request went through the daemon proxy with these body sizes."""
         self._proxy_requests.inc()
-        self._proxy_bytes.labels("in").inc(max(0, bytes_in))
-        self._proxy_bytes.labels("out").inc(max(0, bytes_out))
+        if bytes_in > 0:
+            self._proxy_in.inc(bytes_in)
+        if bytes_out > 0:
+            self._proxy_out.inc(bytes_out)
 
     def websocket_opened(self, kind: str) -> None:
         """A WebSocket of `kind` (attach, proxy, golem, relay, ...) opened."""
@@ -140,7 +144,14 @@ class Metrics:
 
     def request(self, method: str, status: int) -> None:
         """Called by the request middleware for every answer."""
-        self._requests.labels(method, f"{status // 100}xx").inc()
+        key = (method, status // 100)
+        child = self._request_children.get(key)
+        if child is None:
+            if len(self._request_children) >= 256:  # methods are caller-chosen
+                self._request_children.clear()
+            child = self._requests.labels(method, f"{key[1]}xx")
+            self._request_children[key] = child
+        child.inc()
 
     def lifetime(self, kind: str, created: str) -> None:
         """`run_seconds` from a container's creation time (epoch seconds, as

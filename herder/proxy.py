@@ -7,7 +7,8 @@ it only in `read()`, `post()` and `json()`), WebSocket upgrades are relayed
 frame by frame, the prefix is stripped, `X-Forwarded-*` are set, hop-by-hop
 headers and the caller's credentials (`Authorization`, `Cookie`, `?token=`)
 are dropped, and a `Location` pointing into the daemon is rewritten under the
-prefix.
+prefix. Plain GETs and HEADs (no body) take the lean client of
+`herder.upstream`; everything else goes through one aiohttp session.
 
 `{name}` is the container name `<name>-<jti>`; with a valid token the
 caller's own plain `<name>` works too when it picks exactly one running
@@ -22,18 +23,19 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import appkeys
 from .errors import NotFound, Unauthorized, UpstreamError, UpstreamTimeout
 from .ledger.lookup import RunningDaemon, find_running_daemon, find_running_daemons_named
 from .tokens import Claims, optional_claims, require_claims
+from .upstream import UpstreamBroken, UpstreamPool, UpstreamUnreachable
 
 log = logging.getLogger("herder.proxy")
 
@@ -74,6 +76,8 @@ DROPPED_REQUEST_HEADERS = frozenset(
         "x-forwarded-prefix",
     }
 )
+# One set lookup per header on the hot path.
+_NOT_FORWARDED = HOP_BY_HOP | DROPPED_REQUEST_HEADERS
 WEBSOCKET_HANDSHAKE_HEADERS = frozenset(
     {
         "sec-websocket-key",
@@ -94,10 +98,14 @@ class Upstreams:
     session: aiohttp.ClientSession
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    # Plain GETs and HEADs (most requests) go through this lean client instead.
+    pool: UpstreamPool = field(default_factory=UpstreamPool)
 
     def __post_init__(self) -> None:
         self._cache: dict[str, tuple[float, RunningDaemon]] = {}
         self._loading: dict[str, asyncio.Future[RunningDaemon | None]] = {}
+        self._timeout_for: tuple[float, float] | None = None
+        self._timeout = aiohttp.ClientTimeout()
 
     @classmethod
     def create(cls) -> Upstreams:
@@ -113,12 +121,21 @@ class Upstreams:
 
     @property
     def timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            total=None,
-            connect=None,
-            sock_connect=self.connect_timeout,
-            sock_read=self.read_timeout,
-        )
+        """The per-phase timeouts, built once (and again if the fields change)."""
+        key = (self.connect_timeout, self.read_timeout)
+        if key != self._timeout_for:
+            self._timeout = aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=key[0], sock_read=key[1]
+            )
+            self._timeout_for = key
+        return self._timeout
+
+    def cached(self, container_name: str) -> RunningDaemon | None:
+        """The daemon of that container name if the cache holds it (fresh)."""
+        entry = self._cache.get(container_name)
+        if entry is not None and entry[0] >= time.monotonic():
+            return entry[1]
+        return None
 
     async def lookup(
         self, container_name: str, load: Callable[[], Awaitable[RunningDaemon | None]]
@@ -128,9 +145,9 @@ class Upstreams:
         Found daemons are cached for `LOOKUP_TTL`; concurrent misses for one
         name share a single `load`, so a burst never queues up queries.
         """
-        entry = self._cache.get(container_name)
-        if entry is not None and entry[0] >= time.monotonic():
-            return entry[1]
+        daemon = self.cached(container_name)
+        if daemon is not None:
+            return daemon
         pending = self._loading.get(container_name)
         if pending is None:
             pending = asyncio.ensure_future(load())
@@ -153,6 +170,7 @@ class Upstreams:
         self._cache.pop(container_name, None)
 
     async def close(self) -> None:
+        await self.pool.close()
         await self.session.close()
 
 
@@ -190,10 +208,12 @@ async def _proxied_daemon(request: web.Request, name: str) -> RunningDaemon:
     if app[appkeys.SETTINGS].proxy_require_token:
         owner = await require_claims(request)
         return await find_daemon(app, name, owner.sub)
+    upstreams = app[appkeys.UPSTREAMS]
+    daemon = upstreams.cached(name)
+    if daemon is not None:
+        return daemon
     ledger, instance = app[appkeys.LEDGER], app[appkeys.INSTANCE]
-    daemon = await app[appkeys.UPSTREAMS].lookup(
-        name, lambda: find_running_daemon(ledger, instance, name)
-    )
+    daemon = await upstreams.lookup(name, lambda: find_running_daemon(ledger, instance, name))
     if daemon is None:
         # Public mode: a plain name needs the caller's token to say whose it is.
         claims: Claims | None = None
@@ -230,17 +250,25 @@ async def forward(request: web.Request, daemon: RunningDaemon, prefix: str) -> w
             query = request.rel_url.raw_query_string
             raise web.HTTPPermanentRedirect(prefix + "/" + (f"?{query}" if query else ""))
         path = "/"
+    query = _query_without_token(request)
+    websocket = _is_websocket_upgrade(request)
+    headers = _upstream_headers(request, prefix, websocket)
+    upstreams = request.app[appkeys.UPSTREAMS]
+    if not websocket and request.method in _LEAN_METHODS and not request.body_exists:
+        head = _request_head(
+            request.method, daemon.address, daemon.first_port, path, query, headers
+        )
+        if head is not None:
+            return await _relay_lean(request, upstreams, head, daemon, prefix)
     target = URL.build(
         scheme="http",
         host=daemon.address,
         port=daemon.first_port,
         path=path,
-        query_string=_query_without_token(request),
+        query_string=query,
         encoded=True,
     )
-    headers = _upstream_headers(request, prefix)
-    upstreams = request.app[appkeys.UPSTREAMS]
-    if _is_websocket_upgrade(request):
+    if websocket:
         return await _relay_websocket(request, upstreams, target, headers)
     return await _relay_http(request, upstreams, target, headers, daemon, prefix)
 
@@ -254,28 +282,35 @@ def _stripped_path(request: web.Request) -> str | None:
 
 def _query_without_token(request: web.Request) -> str:
     raw = request.rel_url.raw_query_string
-    if "token" not in request.query:
+    if not raw or "token" not in request.query:
         return raw
     return urlencode([(k, v) for k, v in request.query.items() if k != "token"])
 
 
-def _upstream_headers(request: web.Request, prefix: str) -> CIMultiDict[str]:
-    named = {
-        token.strip().lower()
-        for value in request.headers.getall("Connection", [])
-        for token in value.split(",")
-    }
-    websocket = _is_websocket_upgrade(request)
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
+
+
+def _connection_named(headers: Headers) -> frozenset[str]:
+    """The header names a `Connection` header lists (hop-by-hop for this hop)."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
+def _upstream_headers(request: web.Request, prefix: str, websocket: bool) -> CIMultiDict[str]:
+    incoming = request.headers
+    named = _connection_named(incoming)
     out: CIMultiDict[str] = CIMultiDict()
-    for key, value in request.headers.items():
+    for key, value in incoming.items():
         lower = key.lower()
-        if lower in HOP_BY_HOP or lower in DROPPED_REQUEST_HEADERS or lower in named:
+        if lower in _NOT_FORWARDED or lower in named:
             continue
         if websocket and lower in WEBSOCKET_HANDSHAKE_HEADERS:
             continue
         out.add(key, value)
     remote = request.remote or ""
-    earlier = request.headers.get("X-Forwarded-For")
+    earlier = incoming.get("X-Forwarded-For")
     out["X-Forwarded-For"] = f"{earlier}, {remote}" if earlier else remote
     out["X-Forwarded-Proto"] = request.scheme
     out["X-Forwarded-Host"] = request.host
@@ -283,23 +318,26 @@ def _upstream_headers(request: web.Request, prefix: str) -> CIMultiDict[str]:
     return out
 
 
-def _downstream_headers(
-    upstream: aiohttp.ClientResponse, daemon: RunningDaemon, prefix: str
-) -> CIMultiDict[str]:
-    named = {
-        token.strip().lower()
-        for value in upstream.headers.getall("Connection", [])
-        for token in value.split(",")
-    }
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in upstream.headers.items():
+def _copy_downstream_headers(
+    incoming: Headers,
+    daemon: RunningDaemon,
+    prefix: str,
+    out: CIMultiDict[str],
+    *,
+    length: bool,
+) -> None:
+    """The daemon's response headers into `out`, minus hop-by-hop ones (and
+    `Content-Length` unless `length`), with `Location` rewritten."""
+    named = _connection_named(incoming)
+    for key, value in incoming.items():
         lower = key.lower()
         if lower in HOP_BY_HOP or lower in named:
             continue
         if lower == "location":
             value = rewrite_location(value, daemon, prefix)
+        elif lower == "content-length" and not length:
+            continue
         out.add(key, value)
-    return out
 
 
 def rewrite_location(value: str, daemon: RunningDaemon, prefix: str) -> str:
@@ -334,10 +372,10 @@ def _is_websocket_upgrade(request: web.Request) -> bool:
     )
 
 
-def _upstream_failure(exc: BaseException, daemon_url: URL) -> Exception:
+def _upstream_failure(exc: BaseException, host: str | None) -> Exception:
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("the daemon did not answer in time")
-    log.info("upstream %s failed: %r", daemon_url.host, exc)
+    log.info("upstream %s failed: %r", host, exc)
     return UpstreamError("the daemon is not answering")
 
 
@@ -354,15 +392,62 @@ async def _relay_http(
 ) -> web.StreamResponse:
     counted = _Counted()
     try:
-        return await _relay_http_counted(
-            request, upstreams, target, headers, daemon, prefix, counted
-        )
+        body = counted.upload(request.content.iter_chunked(CHUNK)) if request.body_exists else None
+        try:
+            upstream = await upstreams.session.request(
+                request.method,
+                target,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=upstreams.timeout,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                upstreams.forget(daemon.container_name)
+            raise _upstream_failure(exc, target.host) from None
+        async with upstream:
+            length = upstream.content_length
+            if length is not None and length <= CHUNK and request.method != "HEAD":
+                # A small body of known size: one bounded read, and headers
+                # and body go out in one write.
+                try:
+                    content = await upstream.read()
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    raise _upstream_failure(exc, target.host) from None
+                counted.returned = len(content)
+                small = web.Response(body=content, status=upstream.status, reason=upstream.reason)
+                _copy_downstream_headers(
+                    upstream.headers, daemon, prefix, small.headers, length=False
+                )
+                return small
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            _copy_downstream_headers(
+                upstream.headers, daemon, prefix, response.headers, length=True
+            )
+            try:
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_chunked(CHUNK):
+                    counted.returned += len(chunk)
+                    await response.write(chunk)
+                await response.write_eof()
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                pass  # the caller went away; closing `upstream` drops the daemon's side
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # The daemon broke off mid-body: end the caller's connection
+                # without a clean end, so a cut body is never taken as whole.
+                log.info("upstream %s broke off: %r", target.host, exc)
+                if request.transport is not None:
+                    request.transport.close()
+        return response
     finally:
         request.app[appkeys.METRICS].proxied(counted.sent, counted.returned)
 
 
 class _Counted:
     """Body bytes of one proxied request: `sent` to the daemon, `returned` from it."""
+
+    __slots__ = ("returned", "sent")
 
     def __init__(self) -> None:
         self.sent = 0
@@ -374,62 +459,89 @@ class _Counted:
             yield chunk
 
 
-async def _relay_http_counted(
+# -- HTTP, the lean way: plain GET and HEAD -------------------------------------------
+
+_LEAN_METHODS = frozenset({"GET", "HEAD"})
+
+
+def _request_head(
+    method: str, host: str, port: int, path: str, query: str, headers: CIMultiDict[str]
+) -> bytes | None:
+    """The request head as aiohttp's client would write it (None when a
+    header value could break the head: aiohttp then refuses it as before)."""
+    authority = f"[{host}]" if ":" in host else host
+    if port != 80:
+        authority = f"{authority}:{port}"
+    target = f"{path}?{query}" if query else path
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+    for key, value in headers.items():
+        if "\n" in value or "\r" in value:
+            return None
+        lines.append(f"{key}: {value}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+async def _relay_lean(
     request: web.Request,
     upstreams: Upstreams,
-    target: URL,
-    headers: CIMultiDict[str],
+    head: bytes,
     daemon: RunningDaemon,
     prefix: str,
-    counted: _Counted,
 ) -> web.StreamResponse:
-    body = counted.upload(request.content.iter_chunked(CHUNK)) if request.body_exists else None
+    """`_relay_http` for a request without a body, over the lean client."""
+    assert daemon.first_port is not None
+    host = daemon.address
+    returned = 0
     try:
-        upstream = await upstreams.session.request(
-            request.method,
-            target,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=upstreams.timeout,
-        )
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            upstreams.forget(daemon.container_name)
-        raise _upstream_failure(exc, target) from None
-    async with upstream:
-        headers = _downstream_headers(upstream, daemon, prefix)
-        length = upstream.content_length
-        if length is not None and length <= CHUNK and request.method != "HEAD":
-            # A small body of known size: one bounded read, and headers and
-            # body go out in one write.
-            try:
-                content = await upstream.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise _upstream_failure(exc, target) from None
-            del headers["Content-Length"]
-            counted.returned += len(content)
-            small = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
-            small.body = content
-            return small
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=headers
-        )
         try:
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                counted.returned += len(chunk)
-                await response.write(chunk)
-            await response.write_eof()
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            pass  # the caller went away; closing `upstream` drops the daemon's side
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # The daemon broke off mid-body: end the caller's connection
-            # without a clean end, so a cut body is never taken as whole.
-            log.info("upstream %s broke off: %r", target.host, exc)
-            if request.transport is not None:
-                request.transport.close()
-    return response
+            upstream = await upstreams.pool.request(
+                host,
+                daemon.first_port,
+                head,
+                head_request=request.method == "HEAD",
+                connect_timeout=upstreams.connect_timeout,
+                read_timeout=upstreams.read_timeout,
+            )
+        except (TimeoutError, UpstreamBroken, OSError) as exc:
+            if isinstance(exc, UpstreamUnreachable):
+                upstreams.forget(daemon.container_name)
+            raise _upstream_failure(exc, host) from None
+        try:
+            length = upstream.content_length
+            if length is not None and length <= CHUNK and request.method != "HEAD":
+                try:
+                    content = await upstream.body.read_all()
+                except (TimeoutError, UpstreamBroken, OSError) as exc:
+                    raise _upstream_failure(exc, host) from None
+                returned = len(content)
+                small = web.Response(body=content, status=upstream.status, reason=upstream.reason)
+                _copy_downstream_headers(
+                    upstream.headers, daemon, prefix, small.headers, length=False
+                )
+                return small
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            _copy_downstream_headers(
+                upstream.headers, daemon, prefix, response.headers, length=True
+            )
+            try:
+                await response.prepare(request)
+                async for chunk in upstream.body.chunks(CHUNK):
+                    returned += len(chunk)
+                    await response.write(chunk)
+                await response.write_eof()
+            except (TimeoutError, UpstreamBroken) as exc:
+                # As in `_relay_http`: a body cut by the daemon is never passed as whole.
+                log.info("upstream %s broke off: %r", host, exc)
+                if request.transport is not None:
+                    request.transport.close()
+            except ConnectionResetError:
+                pass  # the caller went away; closing `upstream` drops the daemon's side
+            return response
+        finally:
+            upstream.close()
+    finally:
+        request.app[appkeys.METRICS].proxied(0, returned)
 
 
 # -- WebSocket ------------------------------------------------------------------------------
@@ -465,7 +577,7 @@ async def _relay_websocket(
     except aiohttp.WSServerHandshakeError as exc:
         raise UpstreamError(f"the daemon refused the WebSocket upgrade ({exc.status})") from None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise _upstream_failure(exc, target) from None
+        raise _upstream_failure(exc, target.host) from None
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (),
         autoclose=False,

@@ -67,3 +67,11 @@ async def test_healthz_is_503_without_docker(tmp_path: Path, aiohttp_client: Any
     assert resp.status == 503
     body = await resp.json()
     assert body["docker"]["ok"] is False and body["database"]["ok"] is True
+
+
+async def test_errors_carry_cors_and_a_request_id(client: Any) -> None:
+    resp = await client.get("/nope", headers={"Origin": "http://elsewhere.example"})
+    assert resp.status == 404
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    again = await client.get("/nope")
+    assert resp.headers["X-Request-Id"] != again.headers["X-Request-Id"]

@@ -398,3 +398,21 @@ async def test_metrics_count_proxied_bytes_and_attach_sockets(client: Any, token
     assert _value(families, "herder_proxy_bytes_total", direction="out") >= 1000
     assert _value(families, "herder_websockets_opened_total", kind="attach") == 1
     assert _value(families, "herder_spawns_total", kind="daemon", outcome="ok") == 1
+
+
+async def test_requests_counted_by_status_class(client: Any) -> None:
+    for _ in range(3):
+        await client.get("/nope")
+    await client.put("/healthz")
+    families = _families(await (await client.get("/metrics")).text())
+    assert _value(families, "herder_http_requests_total", method="GET", status="4xx") == 3
+    assert _value(families, "herder_http_requests_total", method="PUT", status="4xx") == 1
+
+
+def test_log_time_is_the_standard_format() -> None:
+    plain, formatter = logging.Formatter("%(asctime)s"), JsonFormatter()
+    for created in (1700000000.25, 1700000000.75, 1700000001.5, 1700000000.5):
+        msecs = created % 1 * 1000
+        record = logging.makeLogRecord({"msg": "x", "created": created, "msecs": msecs})
+        assert formatter.formatTime(record) == plain.formatTime(record)
+        assert json.loads(formatter.format(record))["time"] == plain.formatTime(record)

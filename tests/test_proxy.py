@@ -207,6 +207,8 @@ async def test_unknown_stopped_and_unanswering_daemons(
 
 
 async def test_upstream_timeout_is_504(client: TestClient[Any, Any], echo: SpawnedDaemon) -> None:
+    async with client.get(prefix(echo) + "/small") as resp:
+        assert resp.status == 200  # timeouts in use before they change
     client.app[appkeys.UPSTREAMS].read_timeout = 0.5
     async with client.get(prefix(echo) + "/delay?seconds=3") as resp:
         assert resp.status == 504
