@@ -320,6 +320,15 @@ class DaemonService:
             raise NotFound(f"no daemon named {name[:100]!r}")
         found = await self._owned(subject, name, or_container_name=True)
         if not found:
+            # A daemon killed earlier without `wipe` left its data: wiping it
+            # needs no container.
+            if wipe and NAME_PATTERN.fullmatch(name) and name not in RESERVED_NAMES:
+                async with self._lock(subject, name):
+                    if not await self._owned(subject, name) and await self.runtime.remove_volume(
+                        volume_name(self.instance, subject, name)
+                    ):
+                        log.info("data of daemon %s wiped for %s", name, subject)
+                        return {"Killed": [], "Wiped": True}
             raise NotFound(f"no daemon named {name!r}")
         user_names = {c.labels.get(LABEL_NAME, "") for c in found}
         killed: list[str] = []

@@ -155,7 +155,7 @@ async def test_other_subjects_see_nothing(client: Any, make_token: TokenMaker) -
 
 
 async def test_data_kept_across_respawn_and_wiped_on_request(
-    client: Any, token: str, settings: Settings, docker: aiodocker.Docker
+    client: Any, token: str, make_token: TokenMaker, settings: Settings, docker: aiodocker.Docker
 ) -> None:
     image = await ensure_httpd_image()
     resp = await spawn(client, token, name="keep", image=image, ports="[80]", **{"notes.txt": "v1"})
@@ -186,6 +186,20 @@ async def test_data_kept_across_respawn_and_wiped_on_request(
     resp = await spawn(client, token, name="keep", image=image, ports="[80]")
     fourth = await resp.json()
     assert (await get_from(fourth["Ports"]["80"], "/notes.txt"))[0] == 404
+
+    # The data of a daemon killed without wipe can be wiped later, by its owner only.
+    assert (await client.get("/daemon/v1/kill/keep", headers=auth(token))).status == 200
+    assert len(await instance_volumes(docker, instance)) == 1
+    other = make_token()
+    resp = await client.get("/daemon/v1/kill/keep?wipe=true", headers=auth(other))
+    assert resp.status == 404
+    assert len(await instance_volumes(docker, instance)) == 1
+    resp = await client.get("/daemon/v1/kill/keep?wipe=true", headers=auth(token))
+    assert resp.status == 200
+    assert await resp.json() == {"Killed": [], "Wiped": True}
+    assert await instance_volumes(docker, instance) == []
+    resp = await client.get("/daemon/v1/kill/keep?wipe=true", headers=auth(token))
+    assert resp.status == 404
 
 
 async def test_credits_run_down_and_daemons_stop_at_zero(

@@ -209,8 +209,9 @@ class Runtime(Protocol):
     async def stop(self, ref: str, *, timeout: float = 5) -> None:
         """Stop a container (SIGTERM, then SIGKILL after `timeout`); gone counts as done."""
 
-    async def remove_volume(self, name: str) -> None:
-        """Delete a named volume; a volume already gone counts as done."""
+    async def remove_volume(self, name: str) -> bool:
+        """Delete a named volume; True when one was deleted, False when there
+        was none (a volume already gone counts as done)."""
 
     async def image_exists(self, image: str) -> bool:
         """Whether `image` is present locally (it is never pulled). Checked

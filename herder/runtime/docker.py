@@ -163,23 +163,24 @@ class DockerRuntime:
                 return
             raise RuntimeUnavailable("Docker Engine refused to stop the container") from exc
 
-    async def remove_volume(self, name: str) -> None:
+    async def remove_volume(self, name: str) -> bool:
         for attempt in range(20):
             try:
                 await self.docker.volumes.get(name)
             except aiodocker.DockerError as exc:
                 if exc.status == 404:
-                    return
+                    return False
                 raise RuntimeUnavailable("Docker Engine error") from exc
             try:
                 await aiodocker.volumes.DockerVolume(self.docker, name).delete()
-                return
+                return True
             except aiodocker.DockerError as exc:
                 if exc.status == 404:
-                    return
+                    return False
                 if exc.status != 409 or attempt == 19:  # in use: a removal is finishing
                     raise RuntimeUnavailable("Docker Engine refused to delete the volume") from exc
                 await asyncio.sleep(0.1)
+        return False
 
     async def events(
         self, labels: dict[str, str], *, since: float | None = None
