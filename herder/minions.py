@@ -23,7 +23,7 @@ from . import appkeys
 from .errors import BadRequest, ImageNotFound, MinionTimeout, NoCredits, PayloadTooLarge, UnknownEnv
 from .ledger import Ledger
 from .metrics import Metrics
-from .runtime import RunResult, RunSpec, Runtime, RuntimeUnavailable
+from .runtime import RunResult, RunSpec, Runtime
 from .runtime.base import (
     LABEL_INSTANCE,
     LABEL_JTI,
@@ -323,15 +323,6 @@ class Minions:
             memory_mb=self.settings.minion_memory_mb,
         )
 
-    async def sweep(self) -> None:
-        """Remove minions this instance left behind (a crash mid-run)."""
-        try:
-            for info in await self.runtime.list({LABEL_KIND: KIND, LABEL_INSTANCE: self.instance}):
-                log.info("removing leftover minion container %s", info.id[:12])
-                await self.runtime.remove(info.id, volumes=True)
-        except RuntimeUnavailable:
-            log.warning("could not sweep leftover minions: the container engine is unavailable")
-
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
@@ -382,7 +373,8 @@ async def envs(request: web.Request) -> web.Response:
 
 
 async def minions_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The minion service; leftovers of this instance are removed at start."""
+    """The minion service. Minions a crash left behind are removed at start by
+    the reconciler (`herder.reconcile`), with every unknown container."""
     minions = Minions(
         app[appkeys.SETTINGS],
         app[appkeys.LEDGER],
@@ -390,6 +382,5 @@ async def minions_ctx(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.INSTANCE],
         app[appkeys.METRICS],
     )
-    await minions.sweep()
     app[appkeys.MINIONS] = minions
     yield

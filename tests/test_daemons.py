@@ -320,6 +320,11 @@ async def test_unknown_containers_are_removed_at_start(
     stray = await docker.containers.run(
         {"Image": image, "Labels": labels, "OpenStdin": True}, name=f"ghost-{instance}"
     )
+    # A minion a crash left behind (minions are never in the registry).
+    stray_minion = await docker.containers.run(
+        {"Image": image, "Labels": labels | {"herder.kind": "minion"}, "OpenStdin": True},
+        name=f"minion-{instance}",
+    )
     neighbour_labels = labels | {"herder.instance": instance + "-neighbour"}
     neighbour = await docker.containers.run(
         {"Image": image, "Labels": neighbour_labels, "OpenStdin": True},
@@ -327,8 +332,9 @@ async def test_unknown_containers_are_removed_at_start(
     )
     try:
         await aiohttp_client(create_app(settings))
-        with pytest.raises(aiodocker.DockerError):
-            await docker.containers.get(stray.id)
+        for gone in (stray, stray_minion):
+            with pytest.raises(aiodocker.DockerError):
+                await docker.containers.get(gone.id)
         # Another herder's container on the same engine is left alone.
         assert (await docker.containers.get(neighbour.id))._container["State"]["Running"]
     finally:
