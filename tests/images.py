@@ -86,19 +86,17 @@ async def ensure_busybox_image() -> str:
 HTTPD_IMAGE = "herder-test/busybox-httpd:1"
 
 
-def _build_httpd() -> None:
-    if (
-        subprocess.run(["docker", "image", "inspect", HTTPD_IMAGE], capture_output=True).returncode
-        == 0
-    ):
+def build_on_busybox(tag: str, cmd: list[str]) -> None:
+    """Build `tag`: the busybox test image with `cmd` as its command (once per machine)."""
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
         return
-    dockerfile = f'FROM {BUSYBOX_IMAGE}\nCMD ["httpd", "-f", "-v", "-p", "80", "-h", "/minion"]\n'
+    dockerfile = f"FROM {BUSYBOX_IMAGE}\nCMD {json.dumps(cmd)}\n"
     subprocess.run(
-        ["docker", "build", "-q", "-t", HTTPD_IMAGE, "-"],
+        ["docker", "build", "-q", "-t", tag, "-"],
         input=dockerfile.encode(),
         check=True,
         capture_output=True,
-        env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+        env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"},
     )
 
 
@@ -106,7 +104,9 @@ async def ensure_httpd_image() -> str:
     """A busybox image whose command serves /minion over HTTP on port 80."""
     await ensure_busybox_image()
     async with _lock:
-        await asyncio.to_thread(_build_httpd)
+        await asyncio.to_thread(
+            build_on_busybox, HTTPD_IMAGE, ["httpd", "-f", "-v", "-p", "80", "-h", "/minion"]
+        )
     return HTTPD_IMAGE
 
 
