@@ -25,7 +25,6 @@ RUN set -eux; \
     else \
         /opt/herder/bin/pip install --no-cache-dir /src; \
     fi; \
-    cp -r /src/migrations /opt/herder/migrations; \
     find /opt/herder -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE}
@@ -45,7 +44,6 @@ COPY --from=build /opt/herder /opt/herder
 ENV PATH=/opt/herder/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8 \
-    HERDER_MIGRATIONS_DIR=/opt/herder/migrations \
     HERDER_DATA_DIR=/var/lib/herder \
     HERDER_HOST=0.0.0.0 \
     HERDER_PORT=8080

@@ -29,6 +29,7 @@ from urllib.parse import urlencode
 import aiodocker
 from aiodocker.exceptions import DockerError
 
+from .bundled import images_dir
 from .settings import Settings
 
 UPSTREAM_BASE = "debian:bookworm-slim"
@@ -66,14 +67,6 @@ class ImageBuildError(Exception):
 
 def print_to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def images_dir() -> Path:
-    """The repo's `images/`; `HERDER_IMAGES_DIR` overrides it."""
-    override = os.environ.get("HERDER_IMAGES_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parent.parent / "images"
 
 
 def known_builds(settings: Settings) -> dict[str, str]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -12,12 +9,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-
-def migrations_dir() -> Path:
-    override = os.environ.get("HERDER_MIGRATIONS_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parent.parent.parent / "migrations"
+from herder.bundled import migrations_dir
 
 
 def alembic_config(url: str) -> Config:
