@@ -15,8 +15,10 @@ re-opened (events may have been missed):
   of and that is older than this process is a leftover (a crash between
   create and register, a minion whose herder died): it is removed.
 
+Daemons and golems both have registry rows, so all of this applies to both.
+
 `Reconciler.run()` reconciles, then follows Docker's event stream, so a
-daemon that exits, is OOM-killed or removed by hand stops costing credits at
+daemon (or golem) that exits, is OOM-killed or removed by hand stops costing credits at
 once; no container is polled.
 """
 
@@ -41,9 +43,12 @@ from .settings import Settings
 
 log = logging.getLogger("herder.reconcile")
 
-METERED_KINDS = ("daemon",)
-# Kinds whose unknown containers are removed. Golems keep their own state.
-SWEPT_KINDS = ("daemon", "minion")
+# Kinds with rows in the workload registry (golems have one even when they
+# are anonymous and unmetered): their stops close the row, their restarts
+# open a new one.
+REGISTERED_KINDS = ("daemon", "golem")
+# Kinds whose unknown containers are removed.
+SWEPT_KINDS = ("daemon", "golem", "minion")
 STOP_EVENTS = ("die", "destroy")
 MAX_BACKOFF = 30.0
 
@@ -82,7 +87,7 @@ class Reconciler:
     async def reconcile(self) -> ReconcileReport:
         report = ReconcileReport()
         containers = {c.id: c for c in await self.runtime.list(self._labels)}
-        for kind in METERED_KINDS:
+        for kind in REGISTERED_KINDS:
             for row in await self.ledger.running_workloads(self.instance, kind):
                 found = containers.get(row.container_id or "")
                 if found is not None and found.state == "running":
@@ -96,7 +101,7 @@ class Reconciler:
         for container in candidates:
             container_kind = container.labels.get(LABEL_KIND)
             if container.id in known:
-                if container_kind in METERED_KINDS and container.state == "running":
+                if container_kind in REGISTERED_KINDS and container.state == "running":
                     if await self.resume(container):
                         report.resumed.append(container.name)
                 continue
@@ -139,16 +144,19 @@ class Reconciler:
         )
 
     async def resume(self, container: ContainerInfo) -> bool:
-        """Meter again a known daemon that runs without an open run (Docker
-        restarted it). Stopped instead when its subject has no credits."""
-        if await self.ledger.running_workload(self.instance, "daemon", container.name):
+        """Open a new run for a known daemon or golem that runs without one
+        (Docker restarted it). A metered one is stopped instead when its
+        subject has no credits."""
+        kind = container.labels.get(LABEL_KIND, "")
+        if await self.ledger.running_workload(self.instance, kind, container.name):
             return False
         previous = await self.ledger.last_workload(self.instance, container.id)
         if previous is None:
             return False  # not registered yet: its spawn will
-        if (await self.ledger.balance(previous.subject)).remaining <= 0:
+        if previous.metered and (await self.ledger.balance(previous.subject)).remaining <= 0:
             log.info(
-                "daemon %s runs again but %s has no credits: stopping",
+                "%s %s runs again but %s has no credits: stopping",
+                kind,
                 container.name,
                 previous.subject,
             )
@@ -161,15 +169,16 @@ class Reconciler:
             ports=_ports_like(previous, container),
         )
         if resumed is not None:
-            log.info("daemon %s runs again: metering it", container.name)
+            log.info("%s %s runs again: metering it", kind, container.name)
         return resumed is not None
 
     async def handle(self, event: RuntimeEvent) -> None:
-        """Apply one container event of this herder's daemons."""
-        if event.labels.get(LABEL_KIND) not in METERED_KINDS:
+        """Apply one container event of this herder's daemons and golems."""
+        kind = event.labels.get(LABEL_KIND)
+        if kind not in REGISTERED_KINDS:
             return
         if event.action == "oom":
-            log.warning("daemon %s was killed: out of memory", event.id[:12])
+            log.warning("%s %s was killed: out of memory", kind, event.id[:12])
         elif event.action in STOP_EVENTS:
             closed = await self.ledger.close_workload(
                 self.instance,
@@ -178,7 +187,7 @@ class Reconciler:
                 rate=self.settings.credit_rate,
             )
             if closed is not None:
-                log.info("daemon %s stopped (%s)", closed.container_name, event.action)
+                log.info("%s %s stopped (%s)", kind, closed.container_name, event.action)
         elif event.action == "start":
             info = await self.runtime.inspect(event.id)
             if info is not None and info.state == "running":
@@ -191,7 +200,8 @@ class Reconciler:
             try:
                 mark = time.time()
                 await self.reconcile()
-                stream = self.runtime.events(self._labels | {LABEL_KIND: "daemon"}, since=mark - 1)
+                # Docker ANDs label filters, so kinds are told apart in `handle`.
+                stream = self.runtime.events(self._labels, since=mark - 1)
                 async with aclosing(stream):
                     async for event in stream:
                         backoff = 1.0

@@ -161,24 +161,11 @@ async def ensure_echo_image() -> str:
 CAT_IMAGE = "herder-test/busybox-cat:1"
 
 
-def _build_with_command(tag: str, cmd: list[str]) -> None:
-    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
-        return
-    dockerfile = f"FROM {BUSYBOX_IMAGE}\nCMD {json.dumps(cmd)}\n"
-    subprocess.run(
-        ["docker", "build", "-q", "-t", tag, "-"],
-        input=dockerfile.encode(),
-        check=True,
-        capture_output=True,
-        env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"},
-    )
-
-
 async def ensure_command_image(tag: str, cmd: list[str]) -> str:
     """A busybox image whose command is `cmd` (daemons run their image's own command)."""
     await ensure_busybox_image()
     async with _lock:
-        await asyncio.to_thread(_build_with_command, tag, cmd)
+        await asyncio.to_thread(build_on_busybox, tag, cmd)
     return tag
 
 

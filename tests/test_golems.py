@@ -31,6 +31,7 @@ from herder.signing import load_keypair
 from herder.tokens import TokenService
 
 from .conftest import auth, make_settings
+from .images import ensure_command_image
 
 pytestmark = pytest.mark.docker
 
@@ -60,6 +61,12 @@ class Herder:
     app: web.Application
     url: str
     http: aiohttp.ClientSession
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        """Shut the herder down; its golems run on."""
+        await self.http.close()
+        await self.runner.cleanup()
 
     async def call(self, verb: str, webstrate: str, **kw: Any) -> tuple[int, Any]:
         async with self.http.post(f"{self.url}/golem/v1/{verb}/{webstrate}", **kw) as resp:
@@ -75,28 +82,31 @@ async def herder(
 ) -> AsyncIterator[HerderMaker]:
     """Start real herders (on `host`, port picked by binding); remove their
     golems afterwards, dumping the logs of golems left running."""
-    started: list[tuple[web.AppRunner, Herder]] = []
+    started: list[Herder] = []
 
-    async def start(host: str = "127.0.0.1", **overrides: Any) -> Herder:
+    async def start(
+        host: str = "127.0.0.1", data_dir: Path | None = None, **overrides: Any
+    ) -> Herder:
         sock = socket.socket()
         sock.bind((host, 0))
         sock.listen(128)
         url = f"http://{host}:{sock.getsockname()[1]}"
         overrides.setdefault("webstrates_url", UNREACHABLE_PAGES)
         overrides.setdefault("golem_image", golem_image)
-        settings = make_settings(tmp_path / f"herder{len(started)}", public_url=url, **overrides)
+        data_dir = data_dir or tmp_path / f"herder{len(started)}"
+        settings = make_settings(data_dir, public_url=url, **overrides)
         app = create_app(settings)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.SockSite(runner, sock).start()
-        one = Herder(settings, app, url, aiohttp.ClientSession())
-        started.append((runner, one))
+        one = Herder(settings, app, url, aiohttp.ClientSession(), runner)
+        started.append(one)
         return one
 
     yield start
-    for runner, one in started:
-        await one.http.close()
-        await runner.cleanup()
+    for one in started:
+        if not one.http.closed:
+            await one.stop()
         for container in await instance_containers(docker, one.settings):
             await container.delete(force=True)
 
@@ -359,6 +369,114 @@ async def test_metered_golem_is_charged_and_stopped_when_credits_run_out(
     assert await ledger.audit("poor@example.org") == balance
     status, _ = await one.call("spawn", "other-doc", headers=auth(poor))
     assert status == 402
+
+
+# -- golems and the reconciler -------------------------------------------------------
+
+SLEEPER_IMAGE = "herder-test/busybox-sleep:1"
+
+
+async def rows_by_name(one: Herder) -> list[tuple[str, str, str]]:
+    return [(r.name, r.state, r.container_id) for r in await workloads(one)]
+
+
+async def wait_for(check: Callable[[], Any], what: str) -> None:
+    for _ in range(100):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(what)
+
+
+async def test_restart_closes_vanished_golems_removes_unknown_ones_and_meters_the_rest(
+    herder: HerderMaker, docker: aiodocker.Docker, tmp_path: Path
+) -> None:
+    """A golem's container is cheap here (a sleeping busybox): the herder
+    treats any image as the golem image."""
+    image = await ensure_command_image(SLEEPER_IMAGE, ["sleep", "3600"])
+    shared = tmp_path / "shared"
+    options: dict[str, Any] = {
+        "golem_image": image,
+        "golem_require_token": True,
+        "metering_interval": "0.2",
+    }
+    one = await herder(data_dir=shared, **options)
+    token = sign(one.settings, "owner@example.org")
+    ids = {}
+    for doc in ("kept-doc", "gone-doc"):
+        status, golem = await one.call("spawn", doc, headers=auth(token))
+        assert status == 201
+        ids[doc] = golem["Id"]
+    await one.stop()
+
+    # While no herder runs: one golem is removed by hand, and a container
+    # with this instance's golem labels that nobody registered appears.
+    await (await docker.containers.get(ids["gone-doc"])).delete(force=True)
+    instance = (shared / "instance-id").read_text().strip()
+    stray = await docker.containers.run(
+        {
+            "Image": image,
+            "Labels": {
+                "herder.managed": "1",
+                "herder.kind": "golem",
+                "herder.instance": instance,
+                "herder.name": "stray-doc",
+            },
+        },
+        name=f"golem-stray-doc-{instance}",
+    )
+
+    two = await herder(data_dir=shared, **options)
+    await asyncio.wait_for(two.app[appkeys.RECONCILER].reconciled.wait(), 30)
+    assert sorted(await rows_by_name(two)) == [
+        ("gone-doc", "stopped", ids["gone-doc"]),
+        ("kept-doc", "running", ids["kept-doc"]),
+    ]
+    assert [c.id for c in await instance_containers(docker, two.settings)] == [ids["kept-doc"]]
+    with pytest.raises(aiodocker.DockerError):
+        await stray.show()
+    async with two.http.get(f"{two.url}/golem/v1/ls") as resp:
+        assert [g["Webstrate"] for g in await resp.json()] == ["kept-doc"]
+
+    # The kept golem is metered; removed behind the herder's back, it stops
+    # costing at once (Docker's event stream, no polling).
+    ledger = two.app[appkeys.LEDGER]
+    charged = (await ledger.balance("owner@example.org")).charged
+    await wait_for(lambda: _charged_more(ledger, charged), "the surviving golem was not metered")
+    await (await docker.containers.get(ids["kept-doc"])).delete(force=True)
+
+    async def closed() -> bool:
+        return all(state == "stopped" for _, state, _ in await rows_by_name(two))
+
+    await wait_for(closed, "the golem removed by hand kept an open run")
+    settled = (await ledger.balance("owner@example.org")).charged
+    await asyncio.sleep(1.0)  # five metering ticks
+    assert (await ledger.balance("owner@example.org")).charged == settled
+
+
+async def _charged_more(ledger: Any, than: int) -> bool:
+    return bool((await ledger.balance("owner@example.org")).charged > than)
+
+
+async def test_an_anonymous_golem_restarted_by_docker_keeps_running(
+    herder: HerderMaker, docker: aiodocker.Docker
+) -> None:
+    """Anonymous golems are never metered, so a restart must not stop them
+    for want of credits: it opens a new unmetered run."""
+    image = await ensure_command_image(SLEEPER_IMAGE, ["sleep", "3600"])
+    one = await herder(golem_image=image)
+    status, golem = await one.call("spawn", "restarted-doc")
+    assert status == 201
+    await asyncio.wait_for(one.app[appkeys.RECONCILER].reconciled.wait(), 30)
+    container = await docker.containers.get(golem["Id"])
+    await container.restart(timeout=0)
+
+    async def reopened() -> bool:
+        return [s for _, s, _ in await rows_by_name(one)] == ["stopped", "running"]
+
+    await wait_for(reopened, "the restarted golem got no new run")
+    assert (await container.show())["State"]["Running"]
+    assert [r.metered for r in await workloads(one)] == [False, False]
 
 
 # -- end to end: code in Chromium, inside the container, echoes a minion ------------
