@@ -14,7 +14,8 @@ subject (a metered row in the workload registry) and lets only that subject
 reset or kill them. At most `golem_cap` golems run at once (then 429).
 
 A golem runs the image `golem_image` as uid 1000, with all capabilities
-dropped, no-new-privileges and memory/CPU/pids limits; it opens
+dropped, no-new-privileges and the memory/CPU/pids limits of the
+`golem_memory_mb`, `golem_cpus` and `golem_pids` settings; it opens
 `<webstrates_url>/<webstrate>` (env `GOLEM_URL`). Its DevTools port 9222 is
 published on 127.0.0.1 only, on a host port Docker assigns (`DebugPort`).
 """
@@ -53,9 +54,6 @@ from .tokens import require_claims
 KIND = "golem"
 DEBUG_PORT = 9222
 GOLEM_USER = "1000:1000"
-GOLEM_MEMORY_BYTES = 1 << 30  # Chromium needs more than a daemon's default
-GOLEM_NANO_CPUS = 1_000_000_000
-GOLEM_PIDS = 512
 ANONYMOUS = "anonymous"
 HERDER_URL_PLACEHOLDER = '"__HERDER_URL__"'
 LIVE_STATES = ("running", "created", "restarting")
@@ -231,9 +229,9 @@ class Golems:
             ports=(DEBUG_PORT,),
             bind_address="127.0.0.1",  # DevTools is full control of the browser
             env={"GOLEM_URL": f"{self.settings.webstrates_url}/{webstrate}"},
-            memory_bytes=GOLEM_MEMORY_BYTES,
-            nano_cpus=GOLEM_NANO_CPUS,
-            pids=GOLEM_PIDS,
+            memory_bytes=self.settings.golem_memory_mb << 20,
+            nano_cpus=int(self.settings.golem_cpus * 1e9),
+            pids=self.settings.golem_pids,
             restart="unless-stopped",
             open_stdin=False,
             user=GOLEM_USER,

@@ -169,6 +169,10 @@ class Settings:
     golem_wait: float = _setting(
         20.0, _parse_float, "seconds an ad-hoc minion waits for its golem", minimum=0.1
     )
+    # Chromium needs more than a daemon's default.
+    golem_memory_mb: int = _setting(1024, _parse_int, "memory limit of a golem (MiB)", minimum=64)
+    golem_cpus: float = _setting(1.0, _parse_float, "CPUs a golem may use", minimum=0.01)
+    golem_pids: int = _setting(512, _parse_int, "process limit of a golem", minimum=16)
     log_format: str = _setting("text", _parse_str, "text or json")
 
     def __repr__(self) -> str:

@@ -40,6 +40,8 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["serve"], {"HERDER_DATABASE_URL": "mysql://x@y/z"}, "HERDER_DATABASE_URL"),
         (["serve"], {"HERDER_MINION_NETWORK": "maybe"}, "HERDER_MINION_NETWORK"),
         (["serve"], {"HERDER_IMAGES": "python"}, "HERDER_IMAGES"),
+        (["serve"], {"HERDER_GOLEM_MEMORY_MB": "lots"}, "HERDER_GOLEM_MEMORY_MB"),
+        (["serve"], {"HERDER_GOLEM_PIDS": "3"}, "HERDER_GOLEM_PIDS"),
         (["token", "create", "-e", "a@b.c"], {"HERDER_PUBLIC_URL": "ftp://x"}, "HERDER_PUBLIC_URL"),
     ],
 )

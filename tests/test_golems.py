@@ -251,7 +251,7 @@ async def test_reset_and_kill_of_unknown_golem_are_404(herder: HerderMaker) -> N
 async def test_ten_concurrent_spawns_one_container_cap_and_kill(
     herder: HerderMaker, docker: aiodocker.Docker
 ) -> None:
-    one = await herder(golem_cap=1)
+    one = await herder(golem_cap=1, golem_memory_mb=768, golem_cpus=0.5, golem_pids=300)
     results = await asyncio.gather(*(one.call("spawn", "shared-doc") for _ in range(10)))
     statuses = sorted(status for status, _ in results)
     assert statuses == [200] * 9 + [201]
@@ -272,7 +272,7 @@ async def test_ten_concurrent_spawns_one_container_cap_and_kill(
     host = data["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
     assert "no-new-privileges" in host["SecurityOpt"]
-    assert host["Memory"] > 0 and host["PidsLimit"] > 0
+    assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (768 << 20, 500_000_000, 300)
     assert not host.get("Privileged")
     bindings = host["PortBindings"]["9222/tcp"]
     assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
