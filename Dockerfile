@@ -11,6 +11,8 @@
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS build
+# Lets scripts/build-herder-image find and remove stale builder images.
+LABEL herder.stage=build
 RUN set -eux; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
