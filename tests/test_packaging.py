@@ -39,7 +39,10 @@ def test_wheel_ships_migrations_and_image_files(tmp_path: Path) -> None:
     module, migrations, images = (Path(line) for line in where.stdout.split())
     assert module.is_relative_to(target)
     assert migrations.is_relative_to(target) and (migrations / "env.py").is_file()
-    assert images.is_relative_to(target) and (images / "python" / "Dockerfile").is_file()
+    assert images.is_relative_to(target)
+    for build in (ROOT / "images").iterdir():
+        shipped = {p.name for p in (images / build.name).iterdir() if p.name != "__pycache__"}
+        assert shipped == {p.name for p in build.iterdir() if p.name != "__pycache__"}, build
     upgrade = subprocess.run(
         [sys.executable, "-m", "herder", "db", "upgrade"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
