@@ -232,24 +232,17 @@ async def _daemons(app: web.Application) -> AsyncIterator[None]:
 
 
 # How long start-up waits for the first reconcile (Docker may be down).
-FIRST_RECONCILE_WAIT = 10.0
-
-
 async def _reconciler(app: web.Application) -> AsyncIterator[None]:
     """Reconcile the registry with Docker, then follow its events (owned task).
 
-    Start-up waits (briefly) for the first reconcile so that metering never
-    charges a run whose container died while the herder was down.
+    Serving does not wait for it (with Docker down the herder still answers,
+    `/healthz` with 503); metering does (see `Meter.run`).
     """
     reconciler = Reconciler(
         app[appkeys.SETTINGS], app[appkeys.LEDGER], app[appkeys.RUNTIME], app[appkeys.INSTANCE]
     )
     app[appkeys.RECONCILER] = reconciler
     async with owned_task(reconciler.run(), "reconciler"):
-        try:
-            await asyncio.wait_for(reconciler.reconciled.wait(), FIRST_RECONCILE_WAIT)
-        except TimeoutError:
-            log.warning("no reconcile within %.0f s; metering starts anyway", FIRST_RECONCILE_WAIT)
         yield
 
 
@@ -261,6 +254,7 @@ async def _metering(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.RUNTIME],
         app[appkeys.INSTANCE],
         recover=reconciler.reconcile,
+        ready=reconciler.reconciled,
     )
     app[appkeys.METER] = meter
     async with owned_task(meter.run(), "metering"):

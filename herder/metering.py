@@ -12,7 +12,7 @@ hour nor a negative amount), and no workload is charged more than the
 monotonic time since the previous successful tick.
 
 Daemons of subjects at or below zero are stopped right after the tick that
-found them. When charges cannot be recorded for longer than
+found them. The loop starts after the first reconcile with Docker. When charges cannot be recorded for longer than
 `settings.metering_grace`, every daemon of this herder is stopped rather than
 left running unmetered; once the database answers again the registry is
 reconciled (runs of stopped containers are closed at their stop time) before
@@ -47,6 +47,7 @@ class Meter:
         instance: str,
         *,
         recover: Callable[[], Awaitable[object]] | None = None,
+        ready: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -55,6 +56,7 @@ class Meter:
         self.runtime = runtime
         self.instance = instance
         self._recover = recover
+        self._ready = ready
         self._clock = clock
         self._monotonic = monotonic
         self._last: tuple[float, float] | None = None  # (wall, monotonic) of the last tick
@@ -143,7 +145,12 @@ class Meter:
                     log.exception("could not stop daemons after the metering grace period")
 
     async def run(self) -> None:
-        """Tick every `metering_interval` until cancelled."""
+        """Tick every `metering_interval` until cancelled, once `ready` is set
+        (the first reconcile: never charge a run whose container died while
+        the herder was down; the first tick charges whatever the wait cost)."""
+        if self._ready is not None and not self._ready.is_set():
+            log.info("metering waits for the first reconcile with Docker")
+            await self._ready.wait()
         interval = self.settings.metering_interval
         next_at = self._monotonic()
         while True:

@@ -331,7 +331,9 @@ async def test_unknown_containers_are_removed_at_start(
         name=f"neighbour-{instance}",
     )
     try:
-        await aiohttp_client(create_app(settings))
+        app = create_app(settings)
+        await aiohttp_client(app)
+        await asyncio.wait_for(app[appkeys.RECONCILER].reconciled.wait(), 30)
         for gone in (stray, stray_minion):
             with pytest.raises(aiodocker.DockerError):
                 await docker.containers.get(gone.id)

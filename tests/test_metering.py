@@ -3,12 +3,14 @@ to a persisted position, clock jumps, closing runs, the grace period."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
 import pytest
 
-from herder.ledger import Ledger
+from herder.ledger import Ledger, TickResult
 from herder.metering import Meter
 from herder.runtime import ContainerInfo
 
@@ -217,3 +219,40 @@ async def test_a_restarted_container_gets_one_new_run(ledger: Ledger) -> None:
     assert await ledger.resume_workload("i1", "cid-one", address="x", ports={}) is None
     assert await ledger.resume_workload("i1", "cid-never", address="x", ports={}) is None
     assert [w.id for w in await ledger.running_workloads("i1")] == [resumed.id]
+
+
+class CountingLedger:
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def meter_tick(self, *args: Any, **kwargs: Any) -> Any:
+        self.ticks += 1
+        return TickResult(workloads=0, exhausted=[])
+
+
+async def test_metering_starts_only_after_the_first_reconcile() -> None:
+    """Until the registry has been reconciled with Docker, a tick could charge a
+    run whose container died while the herder was down: the loop waits."""
+    ledger = CountingLedger()
+    ready = asyncio.Event()
+    meter = Meter(
+        make_settings_in_memory(metering_interval="0.05"),
+        ledger,  # type: ignore[arg-type]
+        RecordingRuntime(),  # type: ignore[arg-type]
+        "i1",
+        ready=ready,
+    )
+    task = asyncio.create_task(meter.run())
+    try:
+        await asyncio.sleep(0.3)
+        assert ledger.ticks == 0
+        ready.set()
+        for _ in range(50):
+            if ledger.ticks >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert ledger.ticks >= 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
