@@ -5,6 +5,9 @@
 output and exit code. Time and output are bounded: the herder waits at most
 `timeout` seconds (default 10, at most 60) per daemon and keeps at most
 64 KiB of each stream; the daemons of a group run the command concurrently.
+A command still running when the herder gives up on it (time out, or both
+streams full) is killed with its children where the herder can see the
+engine's processes (`runtime.proctree`); `Killed` says whether it was.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ async def exec_in(
         "StdOut": result.stdout.decode(errors="replace"),
         "StdErr": result.stderr.decode(errors="replace"),
         "TimedOut": result.timed_out,
+        "Killed": result.killed,
         "Truncated": result.truncated,
         "Duration": result.seconds,
     }

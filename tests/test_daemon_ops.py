@@ -103,19 +103,31 @@ async def test_exec_one_and_errors(client: Any, make_token: Any, spawn: Spawner)
     assert result["StdOut"] == "hello\n" and result["StdErr"] == "warn\n"
     assert result["Daemon"] == "box" and result["TimedOut"] is False
 
+    # A command that outlives its timeout is killed, with its children.
     resp = await client.post(
         "/daemon/v1/exec/box",
-        json={"cmd": ["sh", "-c", "sleep 30"], "timeout": 0.5},
+        json={"cmd": ["sh", "-c", "sleep 30 & sleep 31; echo never"], "timeout": 0.5},
         headers=auth(token),
     )
     result = await resp.json()
     assert result["TimedOut"] is True and result["ExitCode"] is None
+    assert result["Killed"] is True and result["StdOut"] == ""
 
     resp = await client.post(
         "/daemon/v1/exec/box", json={"cmd": ["yes"], "timeout": 5}, headers=auth(token)
     )
     result = await resp.json()
     assert result["Truncated"] is True and len(result["StdOut"]) == 64 << 10
+    assert result["Killed"] is True
+
+    # Nothing of either is left running in the daemon.
+    resp = await client.post(
+        "/daemon/v1/exec/box",
+        json={"cmd": ["sh", "-c", "cat /proc/[0-9]*/cmdline"]},
+        headers=auth(token),
+    )
+    running = (await resp.json())["StdOut"].split("\x00")
+    assert "30" not in running and "31" not in running and "yes" not in running, running
 
     for bad in ({"cmd": []}, {"cmd": [1, 2]}, {"nocmd": 1}, {"cmd": ["ls"], "timeout": 999}, [1]):
         resp = await client.post("/daemon/v1/exec/box", json=bad, headers=auth(token))

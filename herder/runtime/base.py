@@ -107,6 +107,7 @@ class ExecResult:
     timed_out: bool = False
     truncated: bool = False
     seconds: float = 0.0
+    killed: bool = False  # still running when given up on, and killed (see runtime.proctree)
 
 
 @dataclass(frozen=True)
@@ -259,8 +260,10 @@ class Runtime(Protocol):
 
         Called by the daemon exec routes. Waits at most `timeout` seconds
         (then `timed_out`, `exit_code` None) and keeps at most `limit` bytes
-        of each stream (then `truncated`). Raises `NotFound` when the
-        container does not exist and `Conflict` when it is not running.
+        of each stream (then `truncated`). A command still running when it
+        is given up on is killed where the runtime can (then `killed`).
+        Raises `NotFound` when the container does not exist and `Conflict`
+        when it is not running.
         """
 
     async def run_once(self, spec: RunSpec) -> RunResult:

@@ -17,7 +17,7 @@ from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
 from ..errors import Conflict, ImageNotFound, NotFound
-from . import oneshot
+from . import oneshot, proctree
 from .base import (
     Attachment,
     ContainerInfo,
@@ -220,7 +220,7 @@ class DockerRuntime:
                 raise Conflict("the container is not running") from None
             raise RuntimeUnavailable("Docker Engine refused the exec") from exc
         out, err = bytearray(), bytearray()
-        truncated = timed_out = False
+        truncated = timed_out = stopped_reading = False
         try:
             async with asyncio.timeout(timeout):
                 async with execution.start(detach=False) as stream:
@@ -231,19 +231,25 @@ class DockerRuntime:
                             truncated = True
                         buffer += message.data[: max(0, room)]
                         if len(out) >= limit and len(err) >= limit:
-                            break  # both full: stop reading (the command may get SIGPIPE)
+                            stopped_reading = True  # both full
+                            break
         except TimeoutError:
             timed_out = True
         except aiodocker.DockerError as exc:
             raise RuntimeUnavailable("Docker Engine refused the exec") from exc
+        try:
+            state = await execution.inspect()
+        except aiodocker.DockerError as exc:
+            raise RuntimeUnavailable("Docker Engine error") from exc
         exit_code: int | None = None
-        if not timed_out:
-            try:
-                state = await execution.inspect()
-                if not state.get("Running") and state.get("ExitCode") is not None:
-                    exit_code = int(state["ExitCode"])
-            except aiodocker.DockerError as exc:
-                raise RuntimeUnavailable("Docker Engine error") from exc
+        killed = False
+        if state.get("Running"):
+            if timed_out or stopped_reading:
+                killed = await asyncio.to_thread(
+                    proctree.kill_tree, int(state.get("Pid") or 0), str(state.get("ContainerID"))
+                )
+        elif not timed_out and state.get("ExitCode") is not None:
+            exit_code = int(state["ExitCode"])
         return ExecResult(
             exit_code=exit_code,
             stdout=bytes(out),
@@ -251,6 +257,7 @@ class DockerRuntime:
             timed_out=timed_out,
             truncated=truncated,
             seconds=round(time.monotonic() - started, 3),
+            killed=killed,
         )
 
     async def run_once(self, spec: RunSpec) -> RunResult:
