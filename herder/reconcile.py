@@ -110,7 +110,7 @@ class Reconciler:
                 log.warning(
                     "removing unknown herder container %s (%s)", container.name, container_kind
                 )
-                await self.runtime.remove(container.id, volumes=True)
+                await self.runtime.remove(container.id)
                 report.removed.append(container.name)
         self.reconciled.set()
         if report.closed or report.resumed or report.removed:

@@ -60,7 +60,7 @@ class Daemons:
     async def close(self) -> None:
         for daemon in self.made:
             await self.kill(daemon)
-            await self.client.app[appkeys.RUNTIME].remove(daemon.container_id, volumes=True)
+            await self.client.app[appkeys.RUNTIME].remove(daemon.container_id)
 
 
 async def wait_http(url: str, attempts: int = 100) -> None:

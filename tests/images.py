@@ -86,11 +86,12 @@ async def ensure_busybox_image() -> str:
 HTTPD_IMAGE = "herder-test/busybox-httpd:1"
 
 
-def build_on_busybox(tag: str, cmd: list[str]) -> None:
-    """Build `tag`: the busybox test image with `cmd` as its command (once per machine)."""
+def build_on_busybox(tag: str, cmd: list[str], extra: str = "") -> None:
+    """Build `tag`: the busybox test image with `cmd` as its command and
+    `extra` Dockerfile lines (once per machine)."""
     if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
         return
-    dockerfile = f"FROM {BUSYBOX_IMAGE}\nCMD {json.dumps(cmd)}\n"
+    dockerfile = f"FROM {BUSYBOX_IMAGE}\n{extra}\nCMD {json.dumps(cmd)}\n"
     subprocess.run(
         ["docker", "build", "-q", "-t", tag, "-"],
         input=dockerfile.encode(),
@@ -167,6 +168,17 @@ async def ensure_command_image(tag: str, cmd: list[str]) -> str:
     async with _lock:
         await asyncio.to_thread(build_on_busybox, tag, cmd)
     return tag
+
+
+VOLUME_IMAGE = "herder-test/busybox-volume:1"
+
+
+async def ensure_volume_image() -> str:
+    """A busybox image declaring `VOLUME /cache`: each container gets an anonymous volume."""
+    await ensure_busybox_image()
+    async with _lock:
+        await asyncio.to_thread(build_on_busybox, VOLUME_IMAGE, ["sleep", "3600"], "VOLUME /cache")
+    return VOLUME_IMAGE
 
 
 async def ensure_cat_image() -> str:

@@ -39,7 +39,7 @@ async def spawn(client: Any) -> AsyncIterator[Spawner]:
     app = client.server.app
     runtime = app[appkeys.RUNTIME]
     for container in await runtime.list({"herder.instance": app[appkeys.INSTANCE]}):
-        await runtime.remove(container.id, volumes=True)
+        await runtime.remove(container.id)
 
 
 def _subject() -> str:

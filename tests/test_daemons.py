@@ -18,7 +18,7 @@ from herder.settings import Settings
 from herder.signing import instance_id
 
 from .conftest import TokenMaker, auth, make_settings
-from .images import ensure_busybox_image, ensure_httpd_image
+from .images import ensure_busybox_image, ensure_httpd_image, ensure_volume_image
 
 pytestmark = pytest.mark.docker
 
@@ -200,6 +200,25 @@ async def test_data_kept_across_respawn_and_wiped_on_request(
     assert await instance_volumes(docker, instance) == []
     resp = await client.get("/daemon/v1/kill/keep?wipe=true", headers=auth(token))
     assert resp.status == 404
+
+
+async def test_anonymous_volumes_of_an_image_go_with_its_containers(
+    client: Any, token: str, docker: aiodocker.Docker
+) -> None:
+    """An image's `VOLUME`s give each container an anonymous volume: removed
+    with the container on respawn and kill, while the named data volume stays."""
+    image = await ensure_volume_image()
+    anonymous: set[str] = set()
+    for _ in range(2):
+        resp = await spawn(client, token, name="vol", image=image)
+        assert resp.status == 200, await resp.text()
+        container = await docker.containers.get((await resp.json())["Name"])
+        mounts = (await container.show())["Mounts"]
+        anonymous |= {m["Name"] for m in mounts if m["Destination"] == "/cache"}
+    assert anonymous
+    assert (await client.get("/daemon/v1/kill/vol", headers=auth(token))).status == 200
+    listed = (await docker.volumes.list()).get("Volumes") or []
+    assert anonymous.isdisjoint(v["Name"] for v in listed)
 
 
 async def test_credits_run_down_and_daemons_stop_at_zero(

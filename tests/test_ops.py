@@ -165,7 +165,7 @@ async def running_daemon(client: Any, token: str) -> AsyncIterator[str]:
     assert resp.status == 200, await resp.text()
     name = (await resp.json())["Name"]
     yield name
-    await client.server.app[appkeys.RUNTIME].remove(name, volumes=True)
+    await client.server.app[appkeys.RUNTIME].remove(name)
 
 
 @pytest.mark.docker
@@ -392,7 +392,7 @@ async def test_metrics_count_proxied_bytes_and_attach_sockets(client: Any, token
             families = _families(await (await client.get("/metrics")).text())
             assert _value(families, "herder_websockets_open", kind="attach") == 1
     finally:
-        await client.server.app[appkeys.RUNTIME].remove(name, volumes=True)
+        await client.server.app[appkeys.RUNTIME].remove(name)
     families = _families(await (await client.get("/metrics")).text())
     assert _value(families, "herder_proxy_requests_total") >= 1
     assert _value(families, "herder_proxy_bytes_total", direction="out") >= 1000

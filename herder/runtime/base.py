@@ -192,8 +192,10 @@ class Runtime(Protocol):
     async def inspect(self, ref: str) -> ContainerInfo | None:
         """One container by exact id or exact name; None when it does not exist."""
 
-    async def remove(self, ref: str, *, volumes: bool = False) -> None:
-        """Force-remove a container; a container already gone counts as done."""
+    async def remove(self, ref: str) -> None:
+        """Force-remove a container and its anonymous volumes (an image's
+        `VOLUME`s; named volumes, like a daemon's data, stay); a container
+        already gone counts as done."""
 
     async def run_service(self, spec: ServiceSpec) -> ContainerInfo:
         """Create and start a long-lived container; return it as running.

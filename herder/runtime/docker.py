@@ -91,10 +91,10 @@ class DockerRuntime:
             return None
         return info
 
-    async def remove(self, ref: str, *, volumes: bool = False) -> None:
+    async def remove(self, ref: str) -> None:
         try:
             container = self.docker.containers.container(ref)
-            await container.delete(force=True, v=volumes)
+            await container.delete(force=True, v=True)
         except aiodocker.DockerError as exc:
             if exc.status in (404, 409):
                 return
@@ -342,7 +342,7 @@ class DockerRuntime:
         except Exception:  # the stream is done with either way
             log.debug("closing the attach stream of %s failed", container_id, exc_info=True)
         try:
-            await self.remove(container_id, volumes=True)
+            await self.remove(container_id)
         except Exception:
             # Left for the start-up sweep of this instance's minions.
             log.warning("could not remove minion container %s", container_id, exc_info=True)
