@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,6 +215,9 @@ class DaemonService:
         self.runtime = runtime
         self.instance = instance
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Called with the container name of each daemon removed (the proxy
+        # forgets its address at once: Docker may hand it to another daemon).
+        self.on_removed: list[Callable[[str], None]] = []
 
     def _labels(self, subject: str) -> dict[str, str]:
         return {
@@ -361,6 +364,8 @@ class DaemonService:
     async def _remove(self, container: ContainerInfo) -> None:
         self.metrics.lifetime(KIND, container.created)
         await self.runtime.remove(container.id)
+        for hook in self.on_removed:
+            hook(container.name)
         await self.ledger.close_workload(
             self.instance, container.id, at=time.time(), rate=self.settings.credit_rate
         )

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -43,7 +43,7 @@ PREFIX = "/daemon/v1/proxy"
 CHUNK = 1 << 16
 WS_MAX_MESSAGE = 16 << 20
 # Positive lookups are cached this long: a request burst costs one query.
-# A daemon killed meanwhile refuses the connection (502) until it expires.
+# Kills and container stops drop the entry at once (`upstreams_context`).
 LOOKUP_TTL = 1.0
 LOOKUP_CACHE_SIZE = 4096
 
@@ -78,6 +78,9 @@ DROPPED_REQUEST_HEADERS = frozenset(
 )
 # One set lookup per header on the hot path.
 _NOT_FORWARDED = HOP_BY_HOP | DROPPED_REQUEST_HEADERS
+# aiohttp's server decompresses request bodies in these codings.
+DECOMPRESSED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
+_BODY_CODING_HEADERS = frozenset({"content-encoding", "content-length"})
 WEBSOCKET_HANDSHAKE_HEADERS = frozenset(
     {
         "sec-websocket-key",
@@ -178,6 +181,9 @@ async def upstreams_context(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: the shared upstream session lives as long as the app."""
     upstreams = Upstreams.create()
     app[appkeys.UPSTREAMS] = upstreams
+    # A daemon that goes is forgotten at once, not when its cache entry expires.
+    app[appkeys.DAEMONS].on_removed.append(upstreams.forget)
+    app[appkeys.RECONCILER].on_closed.append(upstreams.forget)
     yield
     await upstreams.close()
 
@@ -281,10 +287,14 @@ def _stripped_path(request: web.Request) -> str | None:
 
 
 def _query_without_token(request: web.Request) -> str:
+    """The raw query minus its `token` parameters; every other byte as sent
+    (decoding and encoding again would turn `%ff` into `%EF%BF%BD`)."""
     raw = request.rel_url.raw_query_string
     if not raw or "token" not in request.query:
         return raw
-    return urlencode([(k, v) for k, v in request.query.items() if k != "token"])
+    return "&".join(
+        part for part in raw.split("&") if unquote_plus(part.partition("=")[0]) != "token"
+    )
 
 
 Headers = CIMultiDictProxy[str] | CIMultiDict[str]
@@ -298,13 +308,22 @@ def _connection_named(headers: Headers) -> frozenset[str]:
     return frozenset(token.strip().lower() for value in values for token in value.split(","))
 
 
+def _decompressed(headers: Headers) -> bool:
+    """Whether aiohttp's server decompressed the request body as it read it
+    (it does for these codings, as its parser checks them)."""
+    coding = headers.get("Content-Encoding", "")
+    return coding.isascii() and coding.lower() in DECOMPRESSED_CODINGS
+
+
 def _upstream_headers(request: web.Request, prefix: str, websocket: bool) -> CIMultiDict[str]:
     incoming = request.headers
     named = _connection_named(incoming)
+    # A decompressed body goes on plain, chunked: its coding and length are gone.
+    dropped = _BODY_CODING_HEADERS if _decompressed(incoming) else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in incoming.items():
         lower = key.lower()
-        if lower in _NOT_FORWARDED or lower in named:
+        if lower in _NOT_FORWARDED or lower in named or lower in dropped:
             continue
         if websocket and lower in WEBSOCKET_HANDSHAKE_HEADERS:
             continue

@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -79,6 +80,8 @@ class Reconciler:
         # between creating its container and registering it.
         self.started_at = time.time() if started_at is None else started_at
         self.reconciled = asyncio.Event()
+        # Called with the container name of each run closed (see Daemons.on_removed).
+        self.on_closed: list[Callable[[str], None]] = []
 
     @property
     def _labels(self) -> dict[str, str]:
@@ -188,6 +191,8 @@ class Reconciler:
             )
             if closed is not None:
                 log.info("%s %s stopped (%s)", kind, closed.container_name, event.action)
+                for hook in self.on_closed:
+                    hook(closed.container_name)
         elif event.action == "start":
             info = await self.runtime.inspect(event.id)
             if info is not None and info.state == "running":

@@ -199,9 +199,18 @@ class UpstreamPool:
         self._idle.clear()
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.1 field names
+
+
 def _parse_head(raw: bytes) -> tuple[str, int, str, CIMultiDict[str]]:
     """Status line and headers of a response head (ending in CRLF CRLF)."""
     lines = raw[:-4].decode("utf-8", "surrogateescape").split("\r\n")
+    for line in lines:
+        # A bare CR or LF, NUL or another control character (tabs aside) is
+        # refused, as llhttp refuses it: passed on, it would split a header.
+        if _CONTROL.search(line):
+            raise UpstreamBroken(f"control character in the response head: {line[:80]!r}")
     status_line = lines[0]
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
@@ -210,7 +219,7 @@ def _parse_head(raw: bytes) -> tuple[str, int, str, CIMultiDict[str]]:
     headers: CIMultiDict[str] = CIMultiDict()
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip() or line[0] in " \t":
+        if not colon or not _TOKEN.fullmatch(name):
             raise UpstreamBroken(f"malformed header line: {line[:80]!r}")
         headers.add(name, value.strip(" \t"))
     return version, int(code), reason, headers

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import hashlib
 import json
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,31 @@ async def test_headers_and_credentials(
     assert header(echoed, "X-Forwarded-Host") == ["herder.example:8443"]
     assert header(echoed, "X-Forwarded-Prefix") == [prefix(echo)]
     assert token not in json.dumps(echoed)
+
+    # Taking the token out leaves every other byte of the query as it was sent.
+    url = prefix(echo) + f"/q?a=%FF&%74oken={token}&b=1+2&c=%2B;d&token=x"
+    async with client.get(url) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["raw_path"] == "/q?a=%FF&b=1+2&c=%2B;d"
+
+
+async def test_a_compressed_request_body_arrives_whole(
+    client: TestClient[Any, Any], echo: SpawnedDaemon
+) -> None:
+    """aiohttp's server decompresses a gzip body as it reads it: the daemon
+    gets the plain body, without the coding and the compressed length."""
+    plain = b"a body the caller compressed, " * 20
+    for coding, packed in (
+        ("gzip", gzip.compress(plain)),
+        ("deflate", zlib.compress(plain)),
+    ):
+        headers = {"Content-Encoding": coding, "Content-Type": "text/plain"}
+        async with client.post(prefix(echo) + "/anything", data=packed, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            echoed = await resp.json()
+        assert echoed["body"] == plain.decode(), coding
+        assert header(echoed, "Content-Encoding") == []
+        assert header(echoed, "Content-Length") in ([], [str(len(plain))])
 
 
 async def test_plain_name_with_the_owners_token(
@@ -201,8 +229,23 @@ async def test_unknown_stopped_and_unanswering_daemons(
         await client.ws_connect(prefix(deaf) + "/ws")
     assert refused.value.status == 502
     stopped = await daemons.spawn(token, image, ports=(8080,))
+    await wait_http(f"http://{stopped.address}:8080/small")
+    async with client.get(prefix(stopped) + "/small") as resp:
+        assert resp.status == 200  # now the proxy knows its address
     await daemons.kill(stopped)
     async with client.get(prefix(stopped) + "/x") as resp:
+        assert resp.status == 404  # forgotten at once: never the old address
+    # Removed behind the herder's back: forgotten as soon as Docker says so.
+    gone = await daemons.spawn(token, image, ports=(8080,))
+    await wait_http(f"http://{gone.address}:8080/small")
+    async with client.get(prefix(gone) + "/small") as resp:
+        assert resp.status == 200
+    await client.app[appkeys.RUNTIME].remove(gone.container_id)
+    for _ in range(50):
+        if client.app[appkeys.UPSTREAMS].cached(gone.container_name) is None:
+            break
+        await asyncio.sleep(0.01)
+    async with client.get(prefix(gone) + "/x") as resp:
         assert resp.status == 404
 
 

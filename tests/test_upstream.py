@@ -191,6 +191,12 @@ async def test_informational_head_and_no_body_answers(serve: Serve) -> None:
         b"HTTP/1.1 200 OK\r\n folded: header\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        # A bare LF or CR would split a header once passed on to the client.
+        b"HTTP/1.1 200 OK\nX: 1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: foo\nSet-Cookie: a=b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: foo\rSet-Cookie: a=b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: f\x00o\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n",
     ],
 )
 async def test_malformed_answers_are_broken(serve: Serve, reply: bytes) -> None:
