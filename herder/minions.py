@@ -257,6 +257,10 @@ class Minions:
         self.ledger = ledger
         self.runtime = runtime
         self.instance = instance
+        # Credits held by each subject's minions in flight: the most each
+        # can cost. A run starts only when the balance covers what is held,
+        # so concurrent runs overdraw a subject by at most one run.
+        self._held: dict[str, int] = {}
 
     def labels(self, claims: Claims, env: str) -> dict[str, str]:
         return {
@@ -276,6 +280,26 @@ class Minions:
         balance = await self.ledger.balance(claims.sub)
         if balance.remaining <= 0:
             raise NoCredits(f"no credits left for {claims.sub}")
+        # No await between this check and the hold, so racing spawns see each other.
+        held = self._held.get(claims.sub, 0)
+        if held and balance.remaining - held <= 0:
+            raise NoCredits(
+                f"{balance.remaining} credits left, and the minions {claims.sub} "
+                f"runs already may cost {held}: wait for them to finish"
+            )
+        most = credits_for(self.settings.minion_timeout, self.settings.credit_rate)[1]
+        self._held[claims.sub] = held + most
+        try:
+            return await self._run(claims, request, image)
+        finally:
+            left = self._held[claims.sub] - most
+            if left:
+                self._held[claims.sub] = left
+            else:
+                del self._held[claims.sub]
+
+    async def _run(self, claims: Claims, request: SpawnRequest, image: str) -> MinionRun:
+        assert request.env is not None
         spec = RunSpec(
             image=image,
             files=request.files,

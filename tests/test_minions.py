@@ -480,6 +480,29 @@ async def test_no_credits_is_402_and_nothing_runs(herder: Herder) -> None:
 
 
 @docker
+async def test_concurrent_runs_cannot_overdraw_a_subject(make_herder: HerderMaker) -> None:
+    """Credits are checked before a run and charged after it: the runs in
+    flight hold what they may cost, so five at once with 1 credit start one."""
+    herder = await make_herder(minion_timeout=2)
+    poor = herder.make_token(credits=1)
+    replies = await asyncio.gather(
+        *(herder.spawn(files={"main.sh": "sleep 1.2; echo ran"}, token=poor) for _ in range(5))
+    )
+    statuses = sorted(r.status for r in replies)
+    assert statuses == [200, 402, 402, 402, 402]
+    refused = [await r.json() for r in replies if r.status == 402]
+    assert all("wait for them to finish" in body["error"] for body in refused)
+    # One run of 2 billed seconds: overdrawn by at most that one run.
+    assert await herder.remaining(poor) == -1
+    # Once it has finished, a subject in credit may run several at once again.
+    rich = herder.make_token(credits=100)
+    replies = await asyncio.gather(
+        *(herder.spawn(files={"main.sh": "echo ran"}, token=rich) for _ in range(3))
+    )
+    assert [r.status for r in replies] == [200, 200, 200]
+
+
+@docker
 async def test_missing_image_is_404_naming_it(make_herder: HerderMaker) -> None:
     herder = await make_herder(images="python=herder/python:bookworm,ghost=herder/ghost:never")
     resp = await herder.spawn(env="ghost", files={"main.sh": "echo"})
