@@ -283,6 +283,7 @@ class DaemonService:
                 pids=settings.daemon_pids,
                 restart="unless-stopped",
                 open_stdin=True,
+                network=settings.network,  # no traffic to other daemons or golems
             )
             info = await self.runtime.run_service(spec)
             ports = {str(p): info.ports.get(str(p), 0) for p in request.ports}

@@ -17,7 +17,9 @@ A golem runs the image `golem_image` as uid 1000, with all capabilities
 dropped, no-new-privileges and the memory/CPU/pids limits of the
 `golem_memory_mb`, `golem_cpus` and `golem_pids` settings; it opens
 `<webstrates_url>/<webstrate>` (env `GOLEM_URL`). Its DevTools port 9222 is
-published on 127.0.0.1 only, on a host port Docker assigns (`DebugPort`).
+published on 127.0.0.1 only, on a host port Docker assigns (`DebugPort`),
+and the golem runs on the herder network (`network`), where no other
+container can open a connection to it.
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ class Golems:
             user=GOLEM_USER,
             cap_drop_all=True,
             extra_hosts=("host.docker.internal:host-gateway",),
+            network=self.settings.network,  # daemons cannot reach DevTools
         )
 
     async def _remove(self, webstrate: str, info: ContainerInfo) -> None:

@@ -307,7 +307,7 @@ class Minions:
             memory_bytes=self.settings.minion_memory_mb << 20,
             nano_cpus=int(self.settings.minion_cpus * 1e9),
             pids=self.settings.minion_pids,
-            network=self.settings.minion_network,
+            network=self.settings.network if self.settings.minion_network else None,
             timeout=self.settings.minion_timeout,
             output_limit=self.settings.minion_output_limit,
             output_file=request.output,

@@ -26,6 +26,10 @@ DEFAULT_IMAGES: dict[str, str] = {
     "latex": "herder/latex:bookworm",
 }
 
+# Docker's network names; the engine's own networks would undo the isolation.
+NETWORK_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+SHARED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
+
 
 def _parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
@@ -136,7 +140,9 @@ class Settings:
     )
     minion_cpus: float = _setting(1.0, _parse_float, "CPUs a minion may use", minimum=0.01)
     minion_pids: int = _setting(128, _parse_int, "process limit of a minion", minimum=8)
-    minion_network: bool = _setting(False, _parse_bool, "give minions a network")
+    minion_network: bool = _setting(
+        False, _parse_bool, "give minions a network (the herder network)"
+    )
     minion_output_limit: int = _setting(
         1 << 20, _parse_int, "bytes kept per output stream of a minion", minimum=1024
     )
@@ -145,6 +151,12 @@ class Settings:
     )
     images: dict[str, str] = _setting(
         DEFAULT_IMAGES, _parse_images, "env-to-image map: JSON or env=image,..."
+    )
+    network: str = _setting(
+        "herder",
+        _parse_str,
+        "Docker network of daemons and golems; made when missing, with no traffic "
+        "between its containers",
     )
     daemon_memory_mb: int = _setting(512, _parse_int, "memory limit of a daemon (MiB)", minimum=16)
     daemon_cpus: float = _setting(1.0, _parse_float, "CPUs a daemon may use", minimum=0.01)
@@ -268,6 +280,11 @@ class Settings:
                     f"HERDER_{name.upper()}: bad value {url!r}: expected an http(s) URL"
                 )
             changes[name] = url.rstrip("/")
+        if not NETWORK_PATTERN.fullmatch(self.network) or self.network in SHARED_NETWORKS:
+            raise SettingsError(
+                f"HERDER_NETWORK: bad value {self.network!r}: expected a network name of "
+                "letters, digits, '_', '.', '-' other than bridge, host, none, default"
+            )
         if self.log_format not in ("text", "json"):
             raise SettingsError(
                 f"HERDER_LOG_FORMAT: bad value {self.log_format!r}: expected text or json"

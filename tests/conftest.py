@@ -1,6 +1,6 @@
 """Shared fixtures: real settings in a temp data dir, the real app, tokens,
 a real Docker Engine, SQLite and PostgreSQL URLs, and a sweep of every
-container the session's herders created."""
+container, volume and network the session's herders created."""
 
 from __future__ import annotations
 
@@ -158,6 +158,16 @@ def sweep_containers() -> Iterator[None]:
     ]
     if mine:
         subprocess.run(["docker", "volume", "rm", "-f", *mine], capture_output=True, check=False)
+    # Networks a test made for itself are named after the session; the shared
+    # herder network (`network`, default `herder`) stays for the next run.
+    networks = subprocess.run(
+        ["docker", "network", "ls", "-q", "--filter", f"name={INSTANCE_PREFIX}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if networks:
+        subprocess.run(["docker", "network", "rm", *networks], capture_output=True, check=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

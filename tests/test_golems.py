@@ -2,7 +2,9 @@
 
 The end-to-end test runs the herder and a small page server on the Docker
 bridge's gateway address, so Chromium inside the golem container loads the
-page, the emet script and opens the relay's WebSockets on this machine.
+page, the emet script and opens the relay's WebSockets on this machine. The
+golem runs on the herder network, not on that bridge: the address is one of
+the host's, which containers on any network reach.
 """
 
 from __future__ import annotations
@@ -554,6 +556,8 @@ async def test_golem_echoes_an_ad_hoc_minion_end_to_end(
         status, spawned = await one.call("spawn", webstrate)
         assert status == 201, spawned
         try:
+            data = await docker.containers.container(spawned["Id"]).show()
+            assert list(data["NetworkSettings"]["Networks"]) == [one.settings.network]
             for _ in range(240):
                 async with one.http.get(f"{one.url}/golem/v1/ls") as resp:
                     listed = {g["Webstrate"]: g for g in await resp.json()}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import aiodocker
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
@@ -132,8 +133,9 @@ def test_run_config_carries_every_limit() -> None:
     assert host["Ulimits"][0]["Name"] == "nofile"
     assert host["LogConfig"]["Config"]["max-size"]
     assert config["User"] == "1000:1000" and not host.get("Binds")
-    networked = run_config(RunSpec(image=PYTHON, files={}, labels={}, network=True))
-    assert networked["HostConfig"]["NetworkMode"] == "bridge"
+    networked = run_config(RunSpec(image=PYTHON, files={}, labels={}, network="herder"))
+    assert networked["HostConfig"]["NetworkMode"] == "herder"
+    assert networked["NetworkDisabled"] is False
 
 
 # -- the real herder ------------------------------------------------------------
@@ -563,6 +565,28 @@ async def test_network_is_off_by_default(herder: Herder) -> None:
     body = await herder.run("python3 net.py", files={"net.py": script})
     assert body["StdOut"].startswith("failed")
     assert "['lo']" in body["StdOut"]
+
+
+@docker
+async def test_a_networked_minion_is_on_the_herder_network(make_herder: HerderMaker) -> None:
+    herder = await make_herder(minion_network="true")
+    # The default route's gateway, from the kernel's table (no tools needed).
+    script = (
+        "import ipaddress\n"
+        "for line in open('/proc/net/route').read().splitlines()[1:]:\n"
+        "    fields = line.split()\n"
+        "    if fields[1] == '00000000':\n"
+        "        print(ipaddress.IPv4Address(bytes.fromhex(fields[2])[::-1]))\n"
+    )
+    body = await herder.run("python3 route.py", files={"route.py": script})
+    assert body["ExitCode"] == 0, body
+    engine = aiodocker.Docker()
+    try:
+        network = await (await engine.networks.get(herder.settings.network)).show()
+    finally:
+        await engine.close()
+    assert network["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    assert body["StdOut"].strip() == network["IPAM"]["Config"][0]["Gateway"]
 
 
 @docker

@@ -6,7 +6,9 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Any
 
+import aiodocker
 import aiohttp
 import pytest
 
@@ -99,3 +101,51 @@ async def test_missing_image_is_a_clear_404(runtime: DockerRuntime) -> None:
     )
     with pytest.raises(ImageNotFound, match="herder/nope:missing"):
         await runtime.run_service(spec)
+
+
+async def _networks_named(docker: aiodocker.Docker, name: str) -> list[dict[str, Any]]:
+    listed = await docker.networks.list(filters={"name": name})
+    return [n for n in listed if n["Name"] == name]
+
+
+async def test_network_is_made_once_by_racing_herders_and_again_when_removed(
+    docker: aiodocker.Docker,
+) -> None:
+    image = await ensure_busybox_image()
+    network = f"{INSTANCE_PREFIX}net-{secrets.token_hex(4)}"  # the session sweep knows it
+    runtimes = [DockerRuntime("unix:///var/run/docker.sock") for _ in range(6)]
+    try:
+        # The engine's duplicate check is not atomic: racing creates make several.
+        await asyncio.gather(*(r.ensure_network(network) for r in runtimes))
+        found = await _networks_named(docker, network)
+        assert len(found) == 1
+        details = await (await docker.networks.get(found[0]["Id"])).show()
+        assert details["Driver"] == "bridge"
+        assert details["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+        assert details["Labels"] == {"herder.managed": "1"}
+        await asyncio.gather(*(r.ensure_network(network) for r in runtimes))  # idempotent
+        assert [n["Id"] for n in await _networks_named(docker, network)] == [found[0]["Id"]]
+
+        # Removed behind the herder's back: the next service start makes it again.
+        await (await docker.networks.get(found[0]["Id"])).delete()
+        spec = ServiceSpec(
+            name=f"rt-{secrets.token_hex(4)}",
+            image=image,
+            labels=_labels(),
+            cmd=("sleep", "30"),
+            network=network,
+        )
+        info = await runtimes[0].run_service(spec)
+        try:
+            assert info.state == "running"
+            networks = info.raw["NetworkSettings"]["Networks"]
+            assert list(networks) == [network] and info.address == networks[network]["IPAddress"]
+            assert info.raw["HostConfig"]["NetworkMode"] == network
+        finally:
+            await runtimes[0].remove(info.id)
+        assert len(await _networks_named(docker, network)) == 1
+    finally:
+        for runtime in runtimes:
+            await runtime.close()
+        for made in await _networks_named(docker, network):
+            await (await docker.networks.get(made["Id"])).delete()

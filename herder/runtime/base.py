@@ -53,7 +53,9 @@ class ServiceSpec:
     ports that the engine assigns (no listen-and-close race). `volume`, when
     set, is a named volume mounted at every path of `mounts`; `files` are
     copied into `files_dir` through the engine's API before start (no host
-    directory binds, so a remote engine works).
+    directory binds, so a remote engine works). `network`, when set, is the
+    only network the container joins (see `Runtime.ensure_network`); None
+    leaves it on the engine's default bridge.
     """
 
     name: str
@@ -76,6 +78,7 @@ class ServiceSpec:
     cap_drop_all: bool = False
     extra_hosts: tuple[str, ...] = ()
     shm_bytes: int | None = None
+    network: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ class RunSpec:
     runs the image's own command. `output_limit` caps each of stdout and
     stderr; `output_file`, when set, names a file under `workdir` to copy
     out after the run (a regular file of at most `output_file_limit` bytes,
-    reached without following any symlink).
+    reached without following any symlink). `network` names the network the
+    run joins (see `Runtime.ensure_network`); None: no network at all.
     """
 
     image: str
@@ -128,7 +132,7 @@ class RunSpec:
     memory_bytes: int = 256 << 20
     nano_cpus: int = 1_000_000_000
     pids: int = 128
-    network: bool = False
+    network: str | None = None
     timeout: float = 30.0
     output_limit: int = 1 << 20
     output_file: str | None = None
@@ -196,6 +200,19 @@ class Runtime(Protocol):
         """Force-remove a container and its anonymous volumes (an image's
         `VOLUME`s; named volumes, like a daemon's data, stay); a container
         already gone counts as done."""
+
+    async def ensure_network(self, name: str) -> None:
+        """Make the network `name` when it is missing: a bridge with labels
+        `herder.managed=1` on which containers reach the host (and through it
+        the outside) but not each other. Idempotent, and safe when several
+        herders race to make it (an existing network counts as done; should a
+        race leave two of that name, all but the oldest are removed).
+
+        `run_service` and `run_once` call it for their spec's network (once per
+        process, and again when the engine says the network is gone), so a
+        network removed by hand is made again by the next spawn. Raises
+        `RuntimeUnavailable` when the engine refuses.
+        """
 
     async def run_service(self, spec: ServiceSpec) -> ContainerInfo:
         """Create and start a long-lived container; return it as running.

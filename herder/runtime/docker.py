@@ -19,6 +19,7 @@ from aiodocker.stream import Stream
 from ..errors import Conflict, ImageNotFound, NotFound
 from . import oneshot, proctree
 from .base import (
+    LABEL_MANAGED,
     Attachment,
     ContainerInfo,
     ExecResult,
@@ -35,12 +36,19 @@ log = logging.getLogger("herder.runtime")
 
 # Seconds to wait, after a run ends, for the last frames of its output.
 _DRAIN_GRACE = 5.0
+# The herder network: a bridge whose containers cannot reach each other.
+_NETWORK_OPTIONS = {"com.docker.network.bridge.enable_icc": "false"}
+_NETWORK_LABELS = {LABEL_MANAGED: "1"}
+# Networks as the engine lists them (`list` is a method name in the class).
+_Networks = list[dict[str, Any]]
 
 
 class DockerRuntime:
     def __init__(self, url: str) -> None:
         self.url = url
         self.docker = aiodocker.Docker(url=url)
+        self._networks: set[str] = set()  # networks known to exist
+        self._network_lock = asyncio.Lock()
 
     async def close(self) -> None:
         await self.docker.close()
@@ -100,8 +108,6 @@ class DockerRuntime:
                 return
             raise RuntimeUnavailable("Docker Engine error") from exc
 
-    # -- long-lived services ---------------------------------------------------
-
     async def image_exists(self, image: str) -> bool:
         try:
             await self.docker.images.inspect(image)
@@ -111,9 +117,89 @@ class DockerRuntime:
             raise RuntimeUnavailable("Docker Engine error") from exc
         return True
 
+    # -- the herder network ------------------------------------------------------
+
+    async def ensure_network(self, name: str) -> None:
+        if name in self._networks:
+            return
+        async with self._network_lock:
+            if name in self._networks:
+                return
+            try:
+                found = await self._networks_named(name)
+                if not found:
+                    await self._create_network(name)
+                    found = await self._networks_named(name)
+                if len(found) > 1:
+                    found = await self._settle_networks(found)
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+                raise RuntimeUnavailable(f"Docker Engine refused the network {name!r}") from exc
+            options = (found[0].get("Options") or {}) if found else _NETWORK_OPTIONS
+            if options.get("com.docker.network.bridge.enable_icc") != "false":
+                log.warning(
+                    "network %s lets its containers reach each other (made by hand?): "
+                    "daemons and golems are not isolated from one another",
+                    name,
+                )
+            self._networks.add(name)
+
+    async def _networks_named(self, name: str) -> _Networks:
+        # The name filter matches parts of names too: keep exact matches.
+        listed = await self.docker.networks.list(filters={"name": name})
+        return [n for n in listed if n.get("Name") == name]
+
+    async def _create_network(self, name: str) -> None:
+        config = {
+            "Name": name,
+            "CheckDuplicate": True,
+            "Driver": "bridge",
+            "Options": _NETWORK_OPTIONS,
+            "Labels": _NETWORK_LABELS,
+        }
+        try:
+            await self.docker.networks.create(config)
+            log.info("network %s created", name)
+        except aiodocker.DockerError as exc:
+            if exc.status != 409:  # made meanwhile by another herder: done
+                raise
+
+    async def _settle_networks(self, found: _Networks) -> _Networks:
+        """Herders racing to make a network can make one each (the engine's
+        duplicate check is not atomic), and a name that matches two networks
+        cannot be used. Every herder keeps the same one, the oldest, and
+        removes the others it may: unused ones that a herder made."""
+        found = sorted(found, key=lambda n: (_docker_time(n.get("Created", "")), n.get("Id", "")))
+        for extra in found[1:]:
+            if (extra.get("Labels") or {}).get(LABEL_MANAGED) != "1":
+                continue
+            try:
+                await aiodocker.networks.DockerNetwork(self.docker, extra["Id"]).delete()
+            except aiodocker.DockerError as exc:
+                if exc.status not in (403, 404, 409):  # in use, or gone already
+                    raise
+        return found[:1]
+
+    async def _start(self, container: DockerContainer, network: str | None) -> None:
+        """Start a created container; the engine checks its network only now,
+        so a network removed (or doubled) since `ensure_network` is made good
+        and the start tried once more."""
+        try:
+            await container.start()
+        except aiodocker.DockerError as exc:
+            if network is None or "network" not in str(exc.message).lower():
+                raise
+            log.warning("network %s is gone or ambiguous (%s): making it again", network, exc)
+            self._networks.discard(network)
+            await self.ensure_network(network)
+            await container.start()
+
+    # -- long-lived services ---------------------------------------------------
+
     async def run_service(self, spec: ServiceSpec) -> ContainerInfo:
         if not await self.image_exists(spec.image):
             raise ImageNotFound(f"image {spec.image!r} is not available on this herder")
+        if spec.network:
+            await self.ensure_network(spec.network)
         if spec.volume:
             await self._ensure_volume(spec.volume, spec.labels)
         try:
@@ -130,7 +216,7 @@ class DockerRuntime:
             if spec.files:
                 data = await asyncio.to_thread(files_tar, spec.files)
                 await container.put_archive(spec.files_dir, data)
-            await container.start()
+            await self._start(container, spec.network)
             info = await self.inspect(container.id)
         except BaseException:
             await asyncio.shield(self.remove(container.id))
@@ -262,6 +348,8 @@ class DockerRuntime:
 
     async def run_once(self, spec: RunSpec) -> RunResult:
         archive = await asyncio.to_thread(files_tar, spec.files, uid=spec.uid, gid=spec.gid)
+        if spec.network:
+            await self.ensure_network(spec.network)
         try:
             container = await self.docker.containers.create(oneshot.run_config(spec))
         except aiodocker.DockerError as exc:
@@ -298,7 +386,7 @@ class DockerRuntime:
         timed_out = False
         try:
             started = time.monotonic()
-            await container.start()
+            await self._start(container, spec.network)
             try:
                 async with asyncio.timeout(spec.timeout):
                     status = await container.wait()
@@ -467,6 +555,8 @@ def _service_config(spec: ServiceSpec) -> dict[str, Any]:
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
         "Init": True,
     }
+    if spec.network:
+        host_config["NetworkMode"] = spec.network
     if spec.cap_drop_all:
         host_config["CapDrop"] = ["ALL"]
     if spec.shm_bytes:
@@ -514,13 +604,23 @@ def _has_labels(info: ContainerInfo, labels: dict[str, str]) -> bool:
     return all(info.labels.get(k) == v for k, v in labels.items())
 
 
+def _address(networks: dict[str, Any], mode: str) -> str:
+    """The container's IP address on the network it was created on (its
+    `NetworkMode`: the herder network, or `default`/`bridge` for the engine's
+    bridge), else on any network it has one; empty when none."""
+    chosen = networks.get(mode) or {}
+    if chosen.get("IPAddress"):
+        return str(chosen["IPAddress"])
+    return next((str(n["IPAddress"]) for n in networks.values() if n.get("IPAddress")), "")
+
+
 def _from_list_entry(data: dict[str, Any]) -> ContainerInfo:
     ports: dict[str, int] = {}
     for port in data.get("Ports") or []:
         if port.get("PublicPort"):
             ports.setdefault(str(port["PrivatePort"]), int(port["PublicPort"]))
     networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
-    address = next((n.get("IPAddress", "") for n in networks.values() if n.get("IPAddress")), "")
+    address = _address(networks, (data.get("HostConfig") or {}).get("NetworkMode", ""))
     names = data.get("Names") or [""]
     return ContainerInfo(
         id=data["Id"],
@@ -544,7 +644,7 @@ def _from_inspect(data: dict[str, Any]) -> ContainerInfo:
         if bindings:
             ports[key.split("/")[0]] = int(bindings[0]["HostPort"])
     networks = settings.get("Networks") or {}
-    address = next((n.get("IPAddress", "") for n in networks.values() if n.get("IPAddress")), "")
+    address = _address(networks, (data.get("HostConfig") or {}).get("NetworkMode", ""))
     state = data.get("State") or {}
     return ContainerInfo(
         id=data["Id"],

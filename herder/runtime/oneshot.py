@@ -44,7 +44,7 @@ def run_config(spec: RunSpec) -> dict[str, Any]:
         "NanoCpus": spec.nano_cpus,
         "PidsLimit": spec.pids,
         "Ulimits": [{"Name": "nofile", "Soft": spec.nofile, "Hard": spec.nofile}],
-        "NetworkMode": "bridge" if spec.network else "none",
+        "NetworkMode": spec.network or "none",
         "CapDrop": ["ALL"],
         "SecurityOpt": ["no-new-privileges"],
         "Privileged": False,
@@ -72,7 +72,7 @@ def run_config(spec: RunSpec) -> dict[str, Any]:
         "AttachStderr": True,
         "OpenStdin": False,
         "Tty": False,
-        "NetworkDisabled": not spec.network,
+        "NetworkDisabled": spec.network is None,
         "HostConfig": host_config,
     }
     if spec.cmd is not None:
