@@ -45,6 +45,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROXY_PREFIX = "/daemon/v1/proxy/"
 INSPECT_PREFIX = "/token/v1/inspect/"
+# Three base64url segments, the first a JSON object (`{"` is `eyJ`): a JWT.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_=-]*\.[A-Za-z0-9_=-]*\.[A-Za-z0-9_=-]*")
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -71,12 +73,16 @@ def _request_id(request: web.Request) -> str:
 
 def loggable_path(request: web.Request) -> str:
     """The path without anything secret: never the query string (it may carry
-    `?token=`), and `/token/v1/inspect/<token>` with the token hidden."""
+    `?token=`), `/token/v1/inspect/<token>` with the token hidden, and
+    anything shaped like a JWT hidden wherever it is (`//token/v1/inspect/<jwt>`
+    is a 404, and a client may put its token in any path)."""
     return _loggable(request.path)
 
 
 def _loggable(path: str) -> str:
-    return INSPECT_PREFIX + "***" if path.startswith(INSPECT_PREFIX) else path
+    if path.startswith(INSPECT_PREFIX):
+        return INSPECT_PREFIX + "***"
+    return _JWT.sub("***", path) if "eyJ" in path else path
 
 
 @web.middleware

@@ -35,6 +35,7 @@ from aiohttp import WSMsgType, web
 
 from . import appkeys
 from .errors import BadRequest, HerderError
+from .inputs import plain_int
 from .proxy import find_daemon
 from .runtime.base import Attachment, OutputChunk, Runtime
 from .tokens import require_claims
@@ -250,13 +251,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
 def _tail(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_TAIL
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_TAIL:
-        raise BadRequest(f"tail must be an integer from 0 to {MAX_TAIL}")
-    return value
+    return plain_int(raw, MAX_TAIL, f"tail must be an integer from 0 to {MAX_TAIL}")
 
 
 def _flag(name: str, raw: str | None) -> bool:

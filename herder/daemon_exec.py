@@ -20,6 +20,7 @@ from aiohttp import web
 from . import appkeys
 from .daemons import check_group
 from .errors import BadRequest, Conflict, NotFound
+from .inputs import read_json
 from .runtime.base import (
     LABEL_GROUP,
     LABEL_INSTANCE,
@@ -36,6 +37,7 @@ MAX_TIMEOUT = 60.0
 OUTPUT_LIMIT = 64 << 10
 MAX_ARGS = 256
 MAX_ARGS_BYTES = 64 << 10
+EXPECTED = 'expected a JSON object {"cmd": ["sh", "-c", "..."]}'
 
 routes = web.RouteTableDef()
 
@@ -68,7 +70,7 @@ async def find_daemon(app: web.Application, subject: str, name: str) -> Containe
 
 def parse_command(body: Any) -> tuple[list[str], float]:
     if not isinstance(body, dict):
-        raise BadRequest('expected a JSON object {"cmd": ["sh", "-c", "..."]}')
+        raise BadRequest(EXPECTED)
     cmd = body.get("cmd")
     if isinstance(cmd, str):
         cmd = ["sh", "-c", cmd]
@@ -117,17 +119,10 @@ async def exec_in(
     }
 
 
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise BadRequest('expected a JSON body {"cmd": [...]}') from None
-
-
 @routes.post("/daemon/v1/exec/{name}")
 async def exec_one(request: web.Request) -> web.Response:
     claims = await require_claims(request)
-    cmd, timeout = parse_command(await _json_body(request))
+    cmd, timeout = parse_command(await read_json(request, EXPECTED))
     daemon = await find_daemon(request.app, claims.sub, request.match_info["name"])
     return web.json_response(await exec_in(request.app, daemon, cmd, timeout))
 
@@ -139,7 +134,7 @@ async def exec_group(request: web.Request) -> web.Response:
     if group is None:
         raise BadRequest("give ?group=G, or exec one daemon at /daemon/v1/exec/{name}")
     group = check_group(group)
-    cmd, timeout = parse_command(await _json_body(request))
+    cmd, timeout = parse_command(await read_json(request, EXPECTED))
     daemons = await caller_daemons(request.app, claims.sub, group=group)
     results = await asyncio.gather(*(exec_in(request.app, d, cmd, timeout) for d in daemons))
     return web.json_response(sorted(results, key=lambda r: str(r["Name"])))

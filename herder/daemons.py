@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import re
 import time
@@ -23,6 +22,7 @@ from aiohttp import web
 
 from . import appkeys
 from .errors import BadRequest, ImageNotFound, NoCredits, NotFound
+from .inputs import parse_json, read_form
 from .ledger import Ledger
 from .metrics import Metrics
 from .runtime import ContainerInfo, Runtime
@@ -60,6 +60,7 @@ IMAGE_PATTERN = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
 RESERVED_FIELDS = frozenset({"name", "image", "ports", "group"})
+PORTS_EXPECTED = 'ports must be a JSON list of port numbers, e.g. [80, "8080"]'
 
 
 # -- request validation -------------------------------------------------------
@@ -96,12 +97,9 @@ def parse_ports(raw: str | None) -> tuple[int, ...]:
     """`[80, 8080]` or `["80","8080"]` (JSON); absent, empty or `[]`: no ports."""
     if raw is None or not raw.strip():
         return ()
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        raise BadRequest('ports must be a JSON list of port numbers, e.g. [80, "8080"]') from None
+    value = parse_json(raw, PORTS_EXPECTED)
     if not isinstance(value, list):
-        raise BadRequest('ports must be a JSON list of port numbers, e.g. [80, "8080"]')
+        raise BadRequest(PORTS_EXPECTED)
     if len(value) > MAX_PORTS:
         raise BadRequest(f"at most {MAX_PORTS} ports")
     ports: list[int] = []
@@ -146,26 +144,22 @@ async def parse_spawn(request: web.Request) -> SpawnRequest:
     """Read the spawn form (urlencoded or multipart): name, image, ports, files."""
     if not request.can_read_body:
         raise BadRequest("expected a form with name and image")
-    form = await request.post()
+    max_bytes = request.app[appkeys.SETTINGS].max_body_bytes
     values: dict[str, str] = {}
     files: dict[str, bytes] = {}
     seen: set[str] = set()
-    for key, value in form.items():
+    for item in await read_form(request, max_bytes):
+        key = item.name
         if key in seen:
             raise BadRequest(f"field {key[:100]!r} is given twice")
         seen.add(key)
         if key in RESERVED_FIELDS:
-            if not isinstance(value, str):
+            if item.is_file:
                 raise BadRequest(f"{key} must be a plain form field")
-            values[key] = value
+            values[key] = item.text()
             continue
         check_file_name(key)
-        if isinstance(value, str):
-            files[key] = value.encode()
-        elif isinstance(value, bytes | bytearray):
-            files[key] = bytes(value)
-        else:
-            files[key] = await asyncio.to_thread(value.file.read)
+        files[key] = item.data
         if len(files) > MAX_FILES:
             raise BadRequest(f"at most {MAX_FILES} files")
     if "name" not in values:

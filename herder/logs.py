@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import appkeys
 from .daemon_exec import find_daemon
-from .errors import BadRequest
+from .inputs import plain_int
 from .tokens import require_claims
 
 MAX_TAIL = 100_000
@@ -24,9 +24,9 @@ routes = web.RouteTableDef()
 def _tail(raw: str | None) -> int | None:
     if raw is None or raw in ("", "all"):
         return None
-    if not raw.isdigit() or int(raw) > MAX_TAIL:
-        raise BadRequest(f"tail must be a number of lines from 0 to {MAX_TAIL}, or 'all'")
-    return int(raw)
+    return plain_int(
+        raw, MAX_TAIL, f"tail must be a number of lines from 0 to {MAX_TAIL}, or 'all'"
+    )
 
 
 @routes.get("/daemon/v1/logs/{name}")

@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 import math
 import mimetypes
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from aiohttp import BodyPartReader, hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from . import appkeys
-from .errors import BadRequest, ImageNotFound, MinionTimeout, NoCredits, PayloadTooLarge, UnknownEnv
+from .errors import BadRequest, ImageNotFound, MinionTimeout, NoCredits, UnknownEnv
+from .inputs import read_form
 from .ledger import Ledger
 from .metrics import Metrics
 from .runtime import RunResult, RunSpec, Runtime
@@ -47,7 +46,6 @@ MAX_DEPTH = 16
 MAX_CONTROL_BYTES = 1024  # the `env` and `output` fields
 MAX_OUTPUT_FILE_BYTES = 64 << 20
 TMP_BYTES = 64 << 20
-_ABSOLUTE_NAME = re.compile(r'(?:^|;)\s*name\*?\s*=\s*"?\s*[\\/]')
 
 
 # -- validation (pure) --------------------------------------------------------
@@ -158,21 +156,9 @@ async def read_spawn_request(request: web.Request, max_bytes: int) -> SpawnReque
     """Parse an urlencoded or multipart spawn form, never holding more than
     `max_bytes` of body; `env` and `output` may also come in the query string
     (as Go's `FormValue` allowed)."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"request body too large (at most {max_bytes} bytes)")
     form = _Form()
-    if request.content_type == "multipart/form-data":
-        await _read_multipart(request, form, max_bytes)
-    elif request.content_type == "application/x-www-form-urlencoded":
-        # `post()` enforces the app's client_max_size (413 beyond it).
-        for name, value in (await request.post()).items():
-            if not isinstance(value, str):
-                raise BadRequest("unexpected file in an urlencoded form")
-            form.add(name, value.encode("utf-8"))
-    elif request.can_read_body:
-        raise BadRequest(
-            "expected a form: application/x-www-form-urlencoded or multipart/form-data"
-        )
+    for item in await read_form(request, max_bytes, max_fields=MAX_FILES + len(CONTROL_FIELDS)):
+        form.add(item.name, item.data)
     for name in sorted(CONTROL_FIELDS):
         if name not in form.control and name in request.query:
             form.add(name, request.query[name].encode("utf-8"))
@@ -180,39 +166,6 @@ async def read_spawn_request(request: web.Request, max_bytes: int) -> SpawnReque
     if output is not None:
         check_file_name(output)
     return SpawnRequest(env=form.control.get("env"), output=output, files=check_files(form.files))
-
-
-async def _read_multipart(request: web.Request, form: _Form, max_bytes: int) -> None:
-    try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError):
-        raise BadRequest("malformed multipart body") from None
-    total = 0
-    while True:
-        try:
-            part = await reader.next()
-        except HttpProcessingError:
-            raise BadRequest(
-                "malformed multipart part headers (a control character in a name?)"
-            ) from None
-        except ValueError:
-            raise BadRequest("malformed multipart body") from None
-        if part is None:
-            return
-        if not isinstance(part, BodyPartReader):
-            raise BadRequest("nested multipart bodies are not supported")
-        if not part.name:
-            raise BadRequest("a multipart part without a field name")
-        if _ABSOLUTE_NAME.search(part.headers.get(hdrs.CONTENT_DISPOSITION, "")):
-            # aiohttp strips a leading slash from names; refuse it as sent.
-            raise BadRequest(f"file name must be relative to /minion: {'/' + part.name!r}")
-        chunks: list[bytes] = []
-        while chunk := await part.read_chunk(1 << 16):
-            total += len(chunk)
-            if total > max_bytes:
-                raise PayloadTooLarge(f"request body too large (at most {max_bytes} bytes)")
-            chunks.append(chunk)
-        form.add(part.name, b"".join(chunks))
 
 
 # -- the service ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from . import appkeys
 from .errors import BadRequest, MethodNotAllowed, NotFound, Unauthorized
+from .inputs import read_form, read_json, shown
 from .ledger import Ledger
 from .settings import Settings
 from .signing import KeyPair
@@ -182,16 +183,23 @@ routes = web.RouteTableDef()
 
 
 async def _params(request: web.Request) -> dict[str, str]:
+    """The query, updated by a POST's JSON object or form (its plain fields)."""
     params = dict(request.query)
-    if request.method == "POST" and request.can_read_body:
-        if request.content_type == "application/json":
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise BadRequest("expected a JSON object")
-            params.update({k: str(v) for k, v in body.items()})
-        else:
-            form = await request.post()
-            params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    if request.method != "POST" or not request.can_read_body:
+        return params
+    if request.content_type == "application/json":
+        body = await read_json(request, "expected a JSON object")
+        if not isinstance(body, dict):
+            raise BadRequest("expected a JSON object")
+        for key, value in body.items():
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise BadRequest(f"{shown(key)} must be a string or an integer")
+            params[key] = str(value)
+    else:
+        max_bytes = request.app[appkeys.SETTINGS].max_body_bytes
+        for item in await read_form(request, max_bytes):
+            if not item.is_file:
+                params[item.name] = item.text()
     return params
 
 

@@ -33,6 +33,7 @@ KEEPALIVE = 30.0
 MAX_IDLE = 256
 NO_BODY_STATUSES = frozenset({204, 304})
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MAX_LENGTH_DIGITS = 18  # a Content-Length beyond any body; int() refuses 4300 digits
 
 
 class UpstreamUnreachable(OSError):
@@ -214,7 +215,11 @@ def _parse_head(raw: bytes) -> tuple[str, int, str, CIMultiDict[str]]:
     status_line = lines[0]
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+    if (
+        version not in ("HTTP/1.1", "HTTP/1.0")
+        or len(code) != 3
+        or not (code.isascii() and code.isdigit())
+    ):
         raise UpstreamBroken(f"not an HTTP/1.x status line: {status_line[:80]!r}")
     headers: CIMultiDict[str] = CIMultiDict()
     for line in lines[1:]:
@@ -276,7 +281,7 @@ def _content_length(headers: CIMultiDict[str]) -> int:
     if len(values) != 1:
         raise UpstreamBroken("conflicting Content-Length")
     value = values.pop()
-    if not value.isdigit() or not value.isascii():
+    if not value.isdigit() or not value.isascii() or len(value) > MAX_LENGTH_DIGITS:
         raise UpstreamBroken(f"bad Content-Length {value[:20]!r}")
     return int(value)
 

@@ -15,6 +15,7 @@ from herder import appkeys
 from herder.ledger import Workload
 
 from .conftest import auth
+from .hostile_bodies import JSON, MALFORMED_JSON, assert_refused, malformed
 from .script_image import ensure_script_image
 
 pytestmark = pytest.mark.docker
@@ -139,6 +140,25 @@ async def test_exec_one_and_errors(client: Any, make_token: Any, spawn: Spawner)
         "/daemon/v1/exec/box", json={"cmd": ["true"]}, headers=auth(make_token(_subject()))
     )
     assert resp.status == 404
+
+
+@malformed(MALFORMED_JSON, [("nested cmd", b'{"cmd": ' + b"[" * 100_000, JSON, "JSON")])
+@pytest.mark.parametrize("path", ["/daemon/v1/exec/box", "/daemon/v1/exec?group=g"])
+async def test_exec_refuses_malformed_json(
+    client: Any, make_token: Any, path: str, body: bytes, content_type: str, word: str
+) -> None:
+    resp = await client.post(
+        path, data=body, headers={**auth(make_token(_subject())), "Content-Type": content_type}
+    )
+    await assert_refused(resp, word)
+
+
+@pytest.mark.parametrize("tail", ["%C2%B2", "%D9%A3", "9" * 5000, "-1", "+5", "1_0"])
+async def test_logs_refuse_a_tail_that_is_not_plain_digits(
+    client: Any, make_token: Any, tail: str
+) -> None:
+    resp = await client.get(f"/daemon/v1/logs/box?tail={tail}", headers=auth(make_token()))
+    await assert_refused(resp, "tail")
 
 
 async def _ls(client: Any, token: str, group: str | None = None) -> list[str]:

@@ -18,6 +18,7 @@ from herder.settings import Settings
 from herder.signing import instance_id
 
 from .conftest import TokenMaker, auth, make_settings
+from .hostile_bodies import MALFORMED_FORMS, assert_refused, malformed
 from .images import ensure_busybox_image, ensure_httpd_image, ensure_volume_image
 
 pytestmark = pytest.mark.docker
@@ -278,6 +279,8 @@ BAD_SPAWNS: list[tuple[dict[str, str], str]] = [
     ({"name": "etc"}, "reserved"),
     ({"ports": "80"}, "JSON list"),
     ({"ports": "[80"}, "JSON list"),
+    ({"ports": "[" * 100_000}, "ports"),
+    ({"ports": "[" * 500 + "]" * 500}, "number"),
     ({"ports": "[0]"}, "range"),
     ({"ports": "[65536]"}, "range"),
     ({"ports": '["http"]'}, "number"),
@@ -319,6 +322,26 @@ async def test_bad_input_is_400_and_creates_nothing(
     assert await docker.containers.list(all=True, filters=label) == []
     assert await instance_volumes(docker, instance) == []
     assert (await spawn(client, "not-a-token", name="ok", image=image)).status == 401
+
+
+@malformed(MALFORMED_FORMS)
+async def test_malformed_form_is_400_and_creates_nothing(
+    client: Any,
+    token: str,
+    settings: Settings,
+    docker: aiodocker.Docker,
+    body: bytes,
+    content_type: str,
+    word: str,
+) -> None:
+    resp = await client.post(
+        "/daemon/v1/spawn", data=body, headers={**auth(token), "Content-Type": content_type}
+    )
+    await assert_refused(resp, word)
+    instance = instance_id(settings.data_dir)
+    label = json.dumps({"label": [f"herder.instance={instance}"]})
+    assert await docker.containers.list(all=True, filters=label) == []
+    assert await instance_volumes(docker, instance) == []
 
 
 async def test_unknown_containers_are_removed_at_start(

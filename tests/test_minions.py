@@ -32,6 +32,7 @@ from herder.signing import load_keypair
 from herder.tokens import TokenService
 
 from .conftest import INSTANCE_PREFIX, auth, make_settings
+from .hostile_bodies import MALFORMED_FORMS, assert_refused, malformed
 
 docker = pytest.mark.docker
 PYTHON = "herder/python:bookworm"
@@ -375,6 +376,21 @@ async def test_hostile_file_names_are_refused(herder: Herder, name: str, form: s
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert "file name" in error or "control character" in error
+    assert await herder.remaining() == before
+
+
+@docker
+@malformed(MALFORMED_FORMS)
+async def test_malformed_forms_are_refused(
+    herder: Herder, body: bytes, content_type: str, word: str
+) -> None:
+    before = await herder.remaining()
+    resp = await herder.client.post(
+        "/minion/v1/spawn",
+        data=body,
+        headers={**auth(herder.token), "Content-Type": content_type},
+    )
+    await assert_refused(resp, word)
     assert await herder.remaining() == before
 
 

@@ -286,6 +286,31 @@ async def test_query_token_never_logged(client: Any, caplog: Any) -> None:
     assert "sekrit-token-value" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        ("//token/v1/inspect/{jwt}", "//token/v1/inspect/***"),
+        ("/token/v1//inspect/{jwt}", "/token/v1//inspect/***"),
+        ("/nope/{jwt}/after", "/nope/***/after"),
+        ("/daemon/v1/proxy/nobody/x{jwt}.y", "/daemon/v1/proxy/nobody/x***.y"),
+    ],
+)
+async def test_jwt_anywhere_in_a_path_is_redacted_from_the_log(
+    client: Any, make_token: Any, caplog: Any, path: str, shown: str
+) -> None:
+    jwt = make_token()
+    # Through the session: the test client refuses a path starting `//`.
+    url = f"http://{client.host}:{client.port}{path.format(jwt=jwt)}"
+    with caplog.at_level(logging.INFO, logger="herder"):
+        async with client.session.get(url) as resp:
+            assert resp.status == 404
+    lines = [r for r in caplog.records if r.name == "herder" and hasattr(r, "path")]
+    assert [r.path for r in lines] == [shown]
+    assert f"GET {shown} 404" in lines[0].getMessage()
+    for part in jwt.split("."):
+        assert part not in caplog.text
+
+
 @pytest.mark.docker
 async def test_metrics_count_golem_spawns_failures_and_sockets(
     tmp_path: Path, aiohttp_client: Any

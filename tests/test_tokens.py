@@ -16,6 +16,7 @@ from herder.settings import Settings
 from herder.signing import load_keypair
 
 from .conftest import auth, make_settings
+from .hostile_bodies import JSON, MALFORMED_FORMS, MALFORMED_JSON, assert_refused, malformed
 
 
 def _b64(data: dict[str, Any]) -> str:
@@ -212,3 +213,21 @@ async def test_tokens_never_reach_the_log(
     assert "/token/v1/inspect/***" in logged
     assert token not in logged and token.split(".")[1] not in logged
     assert "hunter2" not in logged
+
+
+@malformed(
+    MALFORMED_FORMS,
+    MALFORMED_JSON,
+    [
+        ("list value", b'{"password": "s3cret", "email": ["a@b.c"]}', JSON, "email"),
+        ("object value", b'{"password": "s3cret", "credits": {"n": 1}}', JSON, "credits"),
+        ("not an object", b"[1]", JSON, "JSON object"),
+    ],
+)
+async def test_generate_refuses_malformed_bodies(
+    password_client: Any, body: bytes, content_type: str, word: str
+) -> None:
+    resp = await password_client.post(
+        "/token/v1/generate", data=body, headers={"Content-Type": content_type}
+    )
+    await assert_refused(resp, word)

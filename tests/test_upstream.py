@@ -197,6 +197,8 @@ async def test_informational_head_and_no_body_answers(serve: Serve) -> None:
         b"HTTP/1.1 200 OK\r\nX-A: foo\rSet-Cookie: a=b\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: f\x00o\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 \u00b2\u00b2\u00b2 OK\r\n\r\n".encode(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\nxx",
     ],
 )
 async def test_malformed_answers_are_broken(serve: Serve, reply: bytes) -> None:
