@@ -53,7 +53,8 @@ USER herder
 WORKDIR /var/lib/herder
 VOLUME ["/var/lib/herder"]
 EXPOSE 8080
+# Shell form, so a HERDER_PORT given at `docker run` is the port checked.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
-    CMD ["herder", "ping", "--url", "http://127.0.0.1:8080"]
+    CMD herder ping --url "http://127.0.0.1:${HERDER_PORT}"
 ENTRYPOINT ["herder"]
 CMD ["serve"]
