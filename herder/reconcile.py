@@ -93,6 +93,10 @@ class Reconciler:
         for kind in REGISTERED_KINDS:
             for row in await self.ledger.running_workloads(self.instance, kind):
                 found = containers.get(row.container_id or "")
+                if found is None and row.container_id:
+                    # Registered after the list was taken (a spawn while we
+                    # reconcile): ask for it by id before calling it gone.
+                    found = await self.runtime.inspect(row.container_id)
                 if found is not None and found.state == "running":
                     await self._refresh(row, found)
                     report.kept.append(row.container_name)

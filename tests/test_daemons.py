@@ -222,6 +222,36 @@ async def test_anonymous_volumes_of_an_image_go_with_its_containers(
     assert anonymous.isdisjoint(v["Name"] for v in listed)
 
 
+async def test_a_daemon_spawned_during_a_reconcile_stays_metered(client: Any, token: str) -> None:
+    """A reconcile lists the containers, then reads the open runs: a run
+    registered in between is not in the list, yet its container runs."""
+    app = client.app
+    reconciler = app[appkeys.RECONCILER]
+    await asyncio.wait_for(reconciler.reconciled.wait(), 30)
+    image = await ensure_httpd_image()
+    real = reconciler.runtime
+    spawned: list[int] = []
+
+    class SpawnAfterListing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def list(self, labels: dict[str, str], **kw: Any) -> Any:
+            snapshot = await real.list(labels, **kw)
+            spawned.append((await spawn(client, token, name="late", image=image)).status)
+            return snapshot
+
+    reconciler.runtime = SpawnAfterListing()
+    try:
+        report = await reconciler.reconcile()
+    finally:
+        reconciler.runtime = real
+    assert spawned == [200]
+    assert report.closed == []
+    running = await app[appkeys.LEDGER].running_workloads(app[appkeys.INSTANCE], "daemon")
+    assert [w.name for w in running] == ["late"]
+
+
 async def test_credits_run_down_and_daemons_stop_at_zero(
     client: Any, make_token: TokenMaker, settings: Settings
 ) -> None:
