@@ -114,6 +114,23 @@ async def test_token_round_trip_against_served_herder(tmp_path: Path, aiohttp_cl
     assert "revoked:   yes" in after.stdout
 
 
+def test_revoke_takes_a_jti_or_a_whole_token_and_nothing_else(tmp_path: Path) -> None:
+    env = {"HERDER_DATA_DIR": str(tmp_path / "d")}
+    token = run("token", "create", "-e", "r@example.org", env=env).stdout.splitlines()[-1]
+    foreign = run(
+        "token", "create", "-e", "r@example.org", env={"HERDER_DATA_DIR": str(tmp_path / "o")}
+    ).stdout.splitlines()[-1]
+    for bad in ("", "two words", "x" * 129, foreign, "a.b.c"):
+        result = run("token", "revoke", bad, env=env)
+        assert result.returncode == 2, bad
+        assert "cannot revoke" in result.stderr and "Traceback" not in result.stderr
+    assert "revoked:   no" in run("token", "inspect", token, env=env).stdout
+    revoked = run("token", "revoke", token, env=env)
+    assert revoked.returncode == 0 and revoked.stdout.startswith("revoked ")
+    assert token not in revoked.stdout  # its jti, not the token
+    assert "revoked:   yes" in run("token", "inspect", token, env=env).stdout
+
+
 def test_inspect_rejects_foreign_token(tmp_path: Path) -> None:
     mine = {"HERDER_DATA_DIR": str(tmp_path / "a")}
     theirs = {"HERDER_DATA_DIR": str(tmp_path / "b")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ from ..errors import Unauthorized
 from ..ledger import Ledger
 from ..settings import Settings
 from ..signing import generate_keypair, key_paths, load_keypair
-from ..tokens import TokenService
+from ..tokens import MAX_JTI_LENGTH, TokenService
 
 
 @asynccontextmanager
@@ -22,6 +23,10 @@ async def _tokens(settings: Settings) -> AsyncIterator[tuple[TokenService, Ledge
         yield TokenService(load_keypair(settings.data_dir), settings, ledger), ledger
     finally:
         await ledger.close()
+
+
+# What a jti may look like here: ours are 32 hex digits; others printable, bounded.
+_JTI = re.compile(rf"[\x21-\x7e]{{1,{MAX_JTI_LENGTH}}}")
 
 
 def _when(epoch: int) -> str:
@@ -60,9 +65,25 @@ async def token_inspect(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def token_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    async with _tokens(settings) as (_, ledger):
-        fresh = await ledger.revoke(args.jti)
-    print(f"revoked {args.jti}" if fresh else f"{args.jti} was already revoked")
+    """Revoke by `jti`; a whole token of this herder's (three dotted parts)
+    is taken for its `jti`. Anything else is refused, never stored."""
+    async with _tokens(settings) as (tokens, ledger):
+        jti = args.jti.strip()
+        if jti.count(".") == 2:
+            try:
+                jti = tokens.decode(jti).jti
+            except Unauthorized as exc:
+                print(f"herder: cannot revoke: {exc.message}", file=sys.stderr)
+                return 2
+        elif not _JTI.fullmatch(jti):
+            print(
+                "herder: cannot revoke: give a token's jti (as `token inspect` shows) "
+                "or the whole token",
+                file=sys.stderr,
+            )
+            return 2
+        fresh = await ledger.revoke(jti)
+    print(f"revoked {jti}" if fresh else f"{jti} was already revoked")
     return 0
 
 
