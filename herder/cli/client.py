@@ -488,6 +488,11 @@ async def daemon_exec(client: Client, args: argparse.Namespace) -> int:
 
 
 async def minion_run(client: Client, args: argparse.Namespace) -> int:
+    if args.save:
+        # Checked before the run: a run is charged whether its output lands or not.
+        folder = Path(args.save).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ClientError(f"cannot write {args.save}: {folder} is not a writable directory")
     fields = {"env": args.env}
     if args.output:
         fields["output"] = args.output
@@ -735,6 +740,19 @@ def main(args: argparse.Namespace, environ: Any = None) -> int:
         return int(asyncio.run(_run(handler, Client(url, token), args)))
     except ClientError as exc:
         print(f"herder: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    # Never a traceback: whatever else goes wrong is one line and exit 1.
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        print(f"herder: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except (AttributeError, KeyError, TypeError, IndexError) as exc:
+        print(
+            f"herder: the server at {url} answered in a shape this client does not "
+            f"understand ({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )
         return 1
 
 
