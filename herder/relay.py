@@ -93,7 +93,8 @@ class Peer:
     calls `on_abort` (so the relay forgets the peer at once) and closes now;
     a peer that does not take the close frame within `CLOSE_TIMEOUT` has its
     connection cut. `aclose` (from the handler's `finally`) waits for the
-    writer, so no task outlives its socket.
+    writer, at most `CLOSE_TIMEOUT` before it cuts the connection, so no task
+    outlives its socket.
     """
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, label: str) -> None:
@@ -151,13 +152,30 @@ class Peer:
         self._wakeup.set()
 
     async def aclose(self) -> None:
-        """Send what is queued, close the socket, and wait for the writer."""
+        """Send what is queued, close the socket, and wait for the writer.
+
+        The writer gets `CLOSE_TIMEOUT` seconds: a send to a peer that does
+        not read (its TCP window shut) never returns, and the transport that
+        aiohttp closes when a heartbeat fails waits for that peer forever. So
+        a writer still busy then is cancelled and the connection cut.
+        """
         self.finish(WSCloseCode.OK)
-        if self._writer is not None:
+        writer = self._writer
+        if writer is not None:
+            _done, pending = await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT)
+            if pending:
+                log.warning("relay: %s does not take its frames; cutting it", self.label)
+                writer.cancel()
+                self._cut()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+                await writer
         if self.ws.prepared and not self.ws.closed:
             await self._close_ws()
+
+    def _cut(self) -> None:
+        """Drop the connection and what its transport still holds."""
+        if self._transport is not None:
+            self._transport.abort()
 
     async def _pump(self) -> None:
         while True:
@@ -184,8 +202,7 @@ class Peer:
                 await self.ws.close(code=code, message=reason.encode())
         except TimeoutError:
             # The peer does not read: drop what the transport still holds.
-            if self._transport is not None:
-                self._transport.abort()
+            self._cut()
         except (ConnectionError, RuntimeError):
             pass
 
