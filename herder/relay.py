@@ -9,7 +9,9 @@ Three sockets, no token (as in golem-herder v1):
   ignored.
 - `WS /minion/v1/connect/{webstrate}?type=T`: an ad-hoc minion. It waits up to
   `settings.golem_wait` seconds for the golem's control socket; without one it
-  gets `{"Event": "golem-not-found", "ID": webstrate}` and is closed.
+  gets `{"Event": "golem-not-found", "ID": webstrate}` and is closed. At most
+  `settings.relay_minions_per_webstrate` minions (waiting ones included) are
+  connected to one webstrate; one more gets 429 before the upgrade.
 - `WS /golem/v1/connect-to/{webstrate}/{minion}`: the golem's data channel to
   one minion (one at a time; 404 for an unknown minion, 409 while another is
   open). The minion first gets `{"Event": "golem-connected"}`, then every
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import appkeys
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, Conflict, NotFound, TooManyRequests
 
 log = logging.getLogger("herder.relay")
 
@@ -75,13 +77,19 @@ def event(name: str, **fields: str) -> Frame:
 
 @dataclass(frozen=True)
 class Frame:
-    """One WebSocket message: `str` is a text frame, `bytes` a binary one."""
+    """One WebSocket message: `str` is a text frame, `bytes` a binary one.
+
+    `size` is what it weighs on the wire, in bytes (text as UTF-8: an emoji is
+    four), which is what the queue bounds count.
+    """
 
     data: str | bytes
+    size: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
+    def __post_init__(self) -> None:
+        data = self.data
+        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
+        object.__setattr__(self, "size", size)
 
 
 class Peer:
@@ -259,9 +267,12 @@ class GolemSession:
 class Relay:
     """The in-memory registry of connected golems and minions (one per herder)."""
 
-    def __init__(self, golem_wait: float) -> None:
+    def __init__(self, golem_wait: float, minions_per_webstrate: int) -> None:
         self.golem_wait = golem_wait
+        self.minions_per_webstrate = minions_per_webstrate
         self._golems: dict[str, GolemSession] = {}
+        # Minion sockets per webstrate, those still waiting for a golem too.
+        self._minion_counts: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
 
@@ -319,6 +330,24 @@ class Relay:
         return session
 
     # -- minions -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def minion_slot(self, webstrate: str) -> Iterator[None]:
+        """Hold one of the webstrate's minion places; 429 when none is free."""
+        count = self._minion_counts.get(webstrate, 0)
+        if count >= self.minions_per_webstrate:
+            raise TooManyRequests(
+                f"webstrate {webstrate} already has {count} minions connected, the most allowed"
+            )
+        self._minion_counts[webstrate] = count + 1
+        try:
+            yield
+        finally:
+            left = self._minion_counts[webstrate] - 1
+            if left:
+                self._minion_counts[webstrate] = left
+            else:
+                del self._minion_counts[webstrate]
 
     def add_minion(self, golem: GolemSession, minion: MinionSession) -> bool:
         """Announce the minion to its golem; False when that golem has gone."""
@@ -420,8 +449,12 @@ async def minion_connect(request: web.Request) -> web.WebSocketResponse:
     if len(minion_type) > MINION_TYPE_MAX or not minion_type.isprintable():
         raise BadRequest(f"type must be at most {MINION_TYPE_MAX} printable characters")
     ws = _socket()
-    await ws.prepare(request)
-    with relay.tracking(ws), request.app[appkeys.METRICS].websocket("minion"):
+    with (
+        relay.minion_slot(webstrate),  # 429 before the upgrade
+        relay.tracking(ws),
+        request.app[appkeys.METRICS].websocket("minion"),
+    ):
+        await ws.prepare(request)
         peer = Peer(request, ws, f"minion of {webstrate}")
         peer.start()
         minion = MinionSession(uuid.uuid4().hex, minion_type, peer)

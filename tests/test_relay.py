@@ -290,3 +290,48 @@ async def test_peer_that_never_reads_is_cut_after_its_heartbeat_fails(
         await golem.close()
     finally:
         sock.close()
+
+
+async def test_buffer_bounds_count_utf8_bytes_not_characters(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text of emoji weighs four bytes a character: a minion whose early
+    frames hold more UTF-8 than the bound is closed, though they hold fewer
+    characters than it."""
+    monkeypatch.setattr(relay, "QUEUE_BYTES", 1 << 20)
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    await receive_event(golem)
+    text = "\U0001f600" * (100 << 10)  # 400 KiB of UTF-8, 100 Ki characters
+    for _ in range(3):  # 1.2 MiB of UTF-8, 300 Ki characters
+        await minion.send_str(text)
+    msg = await expect_closed(minion)
+    assert (msg.data, msg.extra) == (1008, "send queue full: no golem reading")
+    await golem.close()
+
+
+async def test_minions_per_webstrate_are_capped(tmp_path: Path, aiohttp_client: Any) -> None:
+    settings = make_settings(tmp_path / "d", relay_minions_per_webstrate=2, golem_wait=30)
+    client = await aiohttp_client(create_app(settings))
+    # waiting minions count too: no golem is connected
+    first = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    second = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    with pytest.raises(WSServerHandshakeError) as err:
+        await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    assert err.value.status == 429
+    resp = await client.get(f"/minion/v1/connect/{WEBSTRATE}")
+    assert resp.status == 429
+    assert "2 minions connected" in (await resp.json())["error"]
+    other = await client.ws_connect("/minion/v1/connect/another")  # per webstrate
+    # once one leaves, its place is free again
+    await first.close()
+    for _ in range(100):
+        try:
+            again = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+            break
+        except WSServerHandshakeError:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the minion's place stayed taken after it left")
+    for ws in (second, other, again):
+        await ws.close()
