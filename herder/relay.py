@@ -14,7 +14,8 @@ Three sockets, no token (as in golem-herder v1):
   connected to one webstrate; one more gets 429 before the upgrade.
 - `WS /golem/v1/connect-to/{webstrate}/{minion}`: the golem's data channel to
   one minion (one at a time; 404 for an unknown minion, 409 while another is
-  open). The minion first gets `{"Event": "golem-connected"}`, then every
+  open, 400 for a request that is no WebSocket upgrade). Once the upgrade
+  succeeded the minion gets `{"Event": "golem-connected"}`, then every
   frame is relayed both ways unchanged, text as text and binary as binary.
   When the channel closes the minion gets `{"Event": "golem-disconnected"}`;
   when the minion goes, the channel gets `{"Event": "minion-disconnected",
@@ -221,6 +222,9 @@ class MinionSession:
     type: str
     peer: Peer
     channel: Peer | None = None
+    # A data channel whose upgrade is under way: it holds the minion's place
+    # (a second one is a 409) while early frames still wait in `pending`.
+    opening: Peer | None = None
     # Frames the minion sent before the golem opened its data channel.
     pending: deque[Frame] = field(default_factory=deque)
     pending_bytes: int = 0
@@ -238,12 +242,20 @@ class MinionSession:
         self.pending_bytes += frame.size
 
     def attach(self, channel: Peer) -> None:
+        """The data channel is open (upgraded): relay to it from now on."""
+        self.opening = None
         self.channel = channel
         self.told_golem_gone = False
         self.peer.send(event("golem-connected"))
         while self.pending:
             channel.send(self.pending.popleft())
         self.pending_bytes = 0
+
+    def take_channels(self) -> list[Peer]:
+        """Forget the data channel, open or opening, and return it."""
+        channels = [c for c in (self.channel, self.opening) if c is not None]
+        self.channel = self.opening = None
+        return channels
 
     def detach(self, channel: Peer) -> None:
         """The data channel closed: tell the minion, once."""
@@ -300,8 +312,7 @@ class Relay:
         if self._golems.get(session.webstrate) is session:
             del self._golems[session.webstrate]
         for minion in list(session.minions.values()):
-            channel, minion.channel = minion.channel, None
-            if channel is not None:
+            for channel in minion.take_channels():
                 channel.finish(code, reason)
             minion.golem_gone()
             minion.peer.finish(code, reason)
@@ -361,8 +372,7 @@ class Relay:
         if golem.minions.pop(minion.id, None) is None:
             return  # the golem went first and already closed everything
         golem.control.send(event("minion-disconnected", ID=minion.id))
-        channel, minion.channel = minion.channel, None
-        if channel is not None:
+        for channel in minion.take_channels():
             channel.send(event("minion-disconnected", ID=minion.id))
             channel.finish(WSCloseCode.OK, "minion disconnected")
 
@@ -371,7 +381,7 @@ class Relay:
         minion = session.minions.get(minion_id) if session else None
         if minion is None:
             raise NotFound(f"no minion {minion_id} is connected to webstrate {webstrate}")
-        if minion.channel is not None:
+        if minion.channel is not None or minion.opening is not None:
             raise Conflict(f"minion {minion_id} already has a data channel")
         return minion
 
@@ -507,16 +517,24 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
     webstrate = check_webstrate(request.match_info["webstrate"])
     minion = relay.find_minion(webstrate, request.match_info["minion"])  # 404/409
     ws = _socket()
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("expected a WebSocket upgrade")
     channel = Peer(request, ws, f"channel to minion {minion.id}")
     channel.on_abort = functools.partial(minion.detach, channel)
-    minion.attach(channel)
+    # The minion hears of the channel, and its early frames move to it, only
+    # once the upgrade succeeded: a failed one leaves them where they were.
+    minion.opening = channel
     with relay.tracking(ws), request.app[appkeys.METRICS].websocket("channel"):
         try:
             await ws.prepare(request)
+            if minion.opening is channel:  # else the minion or golem went meanwhile
+                minion.attach(channel)
             channel.start()
             async for frame in _frames(ws):
                 minion.peer.send(frame)
         finally:
+            if minion.opening is channel:
+                minion.opening = None
             minion.detach(channel)
             await channel.aclose()
     return ws

@@ -335,3 +335,26 @@ async def test_minions_per_webstrate_are_capped(tmp_path: Path, aiohttp_client: 
         pytest.fail("the minion's place stayed taken after it left")
     for ws in (second, other, again):
         await ws.close()
+
+
+async def test_failed_channel_upgrade_keeps_the_early_frames(
+    client: TestClient[Any, Any],
+) -> None:
+    """A data channel whose upgrade fails (a plain GET) is a 400 that the
+    minion never hears of; its early frames wait for the next channel."""
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    minion_id = (await receive_event(golem))["ID"]
+    await minion.send_str("early frame")
+    await asyncio.sleep(0.2)
+    resp = await client.get(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+    assert resp.status == 400
+    with pytest.raises(TimeoutError):
+        await minion.receive(timeout=0.5)  # neither golem-connected nor -disconnected
+    channel = await client.ws_connect(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+    assert await receive_event(minion) == {"Event": "golem-connected"}
+    msg = await channel.receive(timeout=5)
+    assert (msg.type, msg.data) == (WSMsgType.TEXT, "early frame")
+    assert "WebSocket upgrade" in (await resp.json())["error"]
+    for ws in (channel, minion, golem):
+        await ws.close()
