@@ -187,7 +187,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_daemons)
     app.cleanup_ctx.append(_reconciler)
     app.cleanup_ctx.append(_metering)
-    app[appkeys.RELAY] = relay.Relay(settings.golem_wait)
+    app[appkeys.RELAY] = relay.Relay(settings.golem_wait, settings.relay_minions_per_webstrate)
     app.on_shutdown.append(relay.on_shutdown)
     app.cleanup_ctx.append(golems.golems_context)
     app.cleanup_ctx.append(proxy.upstreams_context)

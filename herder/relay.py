@@ -9,10 +9,13 @@ Three sockets, no token (as in golem-herder v1):
   ignored.
 - `WS /minion/v1/connect/{webstrate}?type=T`: an ad-hoc minion. It waits up to
   `settings.golem_wait` seconds for the golem's control socket; without one it
-  gets `{"Event": "golem-not-found", "ID": webstrate}` and is closed.
+  gets `{"Event": "golem-not-found", "ID": webstrate}` and is closed. At most
+  `settings.relay_minions_per_webstrate` minions (waiting ones included) are
+  connected to one webstrate; one more gets 429 before the upgrade.
 - `WS /golem/v1/connect-to/{webstrate}/{minion}`: the golem's data channel to
   one minion (one at a time; 404 for an unknown minion, 409 while another is
-  open). The minion first gets `{"Event": "golem-connected"}`, then every
+  open, 400 for a request that is no WebSocket upgrade). Once the upgrade
+  succeeded the minion gets `{"Event": "golem-connected"}`, then every
   frame is relayed both ways unchanged, text as text and binary as binary.
   When the channel closes the minion gets `{"Event": "golem-disconnected"}`;
   when the minion goes, the channel gets `{"Event": "minion-disconnected",
@@ -43,7 +46,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import appkeys
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, Conflict, NotFound, TooManyRequests
 
 log = logging.getLogger("herder.relay")
 
@@ -75,13 +78,19 @@ def event(name: str, **fields: str) -> Frame:
 
 @dataclass(frozen=True)
 class Frame:
-    """One WebSocket message: `str` is a text frame, `bytes` a binary one."""
+    """One WebSocket message: `str` is a text frame, `bytes` a binary one.
+
+    `size` is what it weighs on the wire, in bytes (text as UTF-8: an emoji is
+    four), which is what the queue bounds count.
+    """
 
     data: str | bytes
+    size: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
+    def __post_init__(self) -> None:
+        data = self.data
+        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
+        object.__setattr__(self, "size", size)
 
 
 class Peer:
@@ -93,7 +102,8 @@ class Peer:
     calls `on_abort` (so the relay forgets the peer at once) and closes now;
     a peer that does not take the close frame within `CLOSE_TIMEOUT` has its
     connection cut. `aclose` (from the handler's `finally`) waits for the
-    writer, so no task outlives its socket.
+    writer, at most `CLOSE_TIMEOUT` before it cuts the connection, so no task
+    outlives its socket.
     """
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, label: str) -> None:
@@ -151,13 +161,30 @@ class Peer:
         self._wakeup.set()
 
     async def aclose(self) -> None:
-        """Send what is queued, close the socket, and wait for the writer."""
+        """Send what is queued, close the socket, and wait for the writer.
+
+        The writer gets `CLOSE_TIMEOUT` seconds: a send to a peer that does
+        not read (its TCP window shut) never returns, and the transport that
+        aiohttp closes when a heartbeat fails waits for that peer forever. So
+        a writer still busy then is cancelled and the connection cut.
+        """
         self.finish(WSCloseCode.OK)
-        if self._writer is not None:
+        writer = self._writer
+        if writer is not None:
+            _done, pending = await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT)
+            if pending:
+                log.warning("relay: %s does not take its frames; cutting it", self.label)
+                writer.cancel()
+                self._cut()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+                await writer
         if self.ws.prepared and not self.ws.closed:
             await self._close_ws()
+
+    def _cut(self) -> None:
+        """Drop the connection and what its transport still holds."""
+        if self._transport is not None:
+            self._transport.abort()
 
     async def _pump(self) -> None:
         while True:
@@ -184,8 +211,7 @@ class Peer:
                 await self.ws.close(code=code, message=reason.encode())
         except TimeoutError:
             # The peer does not read: drop what the transport still holds.
-            if self._transport is not None:
-                self._transport.abort()
+            self._cut()
         except (ConnectionError, RuntimeError):
             pass
 
@@ -196,6 +222,9 @@ class MinionSession:
     type: str
     peer: Peer
     channel: Peer | None = None
+    # A data channel whose upgrade is under way: it holds the minion's place
+    # (a second one is a 409) while early frames still wait in `pending`.
+    opening: Peer | None = None
     # Frames the minion sent before the golem opened its data channel.
     pending: deque[Frame] = field(default_factory=deque)
     pending_bytes: int = 0
@@ -213,12 +242,20 @@ class MinionSession:
         self.pending_bytes += frame.size
 
     def attach(self, channel: Peer) -> None:
+        """The data channel is open (upgraded): relay to it from now on."""
+        self.opening = None
         self.channel = channel
         self.told_golem_gone = False
         self.peer.send(event("golem-connected"))
         while self.pending:
             channel.send(self.pending.popleft())
         self.pending_bytes = 0
+
+    def take_channels(self) -> list[Peer]:
+        """Forget the data channel, open or opening, and return it."""
+        channels = [c for c in (self.channel, self.opening) if c is not None]
+        self.channel = self.opening = None
+        return channels
 
     def detach(self, channel: Peer) -> None:
         """The data channel closed: tell the minion, once."""
@@ -242,9 +279,12 @@ class GolemSession:
 class Relay:
     """The in-memory registry of connected golems and minions (one per herder)."""
 
-    def __init__(self, golem_wait: float) -> None:
+    def __init__(self, golem_wait: float, minions_per_webstrate: int) -> None:
         self.golem_wait = golem_wait
+        self.minions_per_webstrate = minions_per_webstrate
         self._golems: dict[str, GolemSession] = {}
+        # Minion sockets per webstrate, those still waiting for a golem too.
+        self._minion_counts: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
 
@@ -272,8 +312,7 @@ class Relay:
         if self._golems.get(session.webstrate) is session:
             del self._golems[session.webstrate]
         for minion in list(session.minions.values()):
-            channel, minion.channel = minion.channel, None
-            if channel is not None:
+            for channel in minion.take_channels():
                 channel.finish(code, reason)
             minion.golem_gone()
             minion.peer.finish(code, reason)
@@ -303,6 +342,24 @@ class Relay:
 
     # -- minions -----------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def minion_slot(self, webstrate: str) -> Iterator[None]:
+        """Hold one of the webstrate's minion places; 429 when none is free."""
+        count = self._minion_counts.get(webstrate, 0)
+        if count >= self.minions_per_webstrate:
+            raise TooManyRequests(
+                f"webstrate {webstrate} already has {count} minions connected, the most allowed"
+            )
+        self._minion_counts[webstrate] = count + 1
+        try:
+            yield
+        finally:
+            left = self._minion_counts[webstrate] - 1
+            if left:
+                self._minion_counts[webstrate] = left
+            else:
+                del self._minion_counts[webstrate]
+
     def add_minion(self, golem: GolemSession, minion: MinionSession) -> bool:
         """Announce the minion to its golem; False when that golem has gone."""
         if self._golems.get(golem.webstrate) is not golem:
@@ -315,8 +372,7 @@ class Relay:
         if golem.minions.pop(minion.id, None) is None:
             return  # the golem went first and already closed everything
         golem.control.send(event("minion-disconnected", ID=minion.id))
-        channel, minion.channel = minion.channel, None
-        if channel is not None:
+        for channel in minion.take_channels():
             channel.send(event("minion-disconnected", ID=minion.id))
             channel.finish(WSCloseCode.OK, "minion disconnected")
 
@@ -325,7 +381,7 @@ class Relay:
         minion = session.minions.get(minion_id) if session else None
         if minion is None:
             raise NotFound(f"no minion {minion_id} is connected to webstrate {webstrate}")
-        if minion.channel is not None:
+        if minion.channel is not None or minion.opening is not None:
             raise Conflict(f"minion {minion_id} already has a data channel")
         return minion
 
@@ -403,8 +459,12 @@ async def minion_connect(request: web.Request) -> web.WebSocketResponse:
     if len(minion_type) > MINION_TYPE_MAX or not minion_type.isprintable():
         raise BadRequest(f"type must be at most {MINION_TYPE_MAX} printable characters")
     ws = _socket()
-    await ws.prepare(request)
-    with relay.tracking(ws), request.app[appkeys.METRICS].websocket("minion"):
+    with (
+        relay.minion_slot(webstrate),  # 429 before the upgrade
+        relay.tracking(ws),
+        request.app[appkeys.METRICS].websocket("minion"),
+    ):
+        await ws.prepare(request)
         peer = Peer(request, ws, f"minion of {webstrate}")
         peer.start()
         minion = MinionSession(uuid.uuid4().hex, minion_type, peer)
@@ -457,16 +517,24 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
     webstrate = check_webstrate(request.match_info["webstrate"])
     minion = relay.find_minion(webstrate, request.match_info["minion"])  # 404/409
     ws = _socket()
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("expected a WebSocket upgrade")
     channel = Peer(request, ws, f"channel to minion {minion.id}")
     channel.on_abort = functools.partial(minion.detach, channel)
-    minion.attach(channel)
+    # The minion hears of the channel, and its early frames move to it, only
+    # once the upgrade succeeded: a failed one leaves them where they were.
+    minion.opening = channel
     with relay.tracking(ws), request.app[appkeys.METRICS].websocket("channel"):
         try:
             await ws.prepare(request)
+            if minion.opening is channel:  # else the minion or golem went meanwhile
+                minion.attach(channel)
             channel.start()
             async for frame in _frames(ws):
                 minion.peer.send(frame)
         finally:
+            if minion.opening is channel:
+                minion.opening = None
             minion.detach(channel)
             await channel.aclose()
     return ws

@@ -181,6 +181,9 @@ class Settings:
     golem_wait: float = _setting(
         20.0, _parse_float, "seconds an ad-hoc minion waits for its golem", minimum=0.1
     )
+    relay_minions_per_webstrate: int = _setting(
+        256, _parse_int, "most ad-hoc minions connected to one webstrate at once", minimum=1
+    )
     # Chromium needs more than a daemon's default.
     golem_memory_mb: int = _setting(1024, _parse_int, "memory limit of a golem (MiB)", minimum=64)
     golem_cpus: float = _setting(1.0, _parse_float, "CPUs a golem may use", minimum=0.01)

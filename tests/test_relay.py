@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 from aiohttp import WSMsgType, WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 
+from herder import appkeys, relay
 from herder.app import create_app
 from herder.relay import QUEUE_BYTES
 
@@ -223,3 +227,134 @@ async def test_shutdown_closes_every_relay_socket(tmp_path: Path, aiohttp_client
         msg = await minion.receive(timeout=10)
     assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
     await asyncio.wait_for(closing, 30)
+
+
+def _raw_websocket(host: str, port: int, path: str) -> socket.socket:
+    """A WebSocket client that never reads: a tiny receive buffer, no pongs."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+async def test_peer_that_never_reads_is_cut_after_its_heartbeat_fails(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A minion whose TCP window stays shut keeps its writer stuck in a send;
+    once its heartbeat fails the handler ends within CLOSE_TIMEOUT, the
+    connection is cut and nothing of it stays in the relay."""
+    monkeypatch.setattr(relay, "HEARTBEAT", 0.5)
+    monkeypatch.setattr(relay, "CLOSE_TIMEOUT", 0.5)
+    registry = client.server.app[appkeys.RELAY]
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    assert client.server.host is not None and client.server.port is not None
+    sock = await asyncio.to_thread(
+        _raw_websocket,
+        client.server.host,
+        client.server.port,
+        f"/minion/v1/connect/{WEBSTRATE}?type=t",
+    )
+    try:
+        minion_id = (await receive_event(golem))["ID"]
+        channel = await client.ws_connect(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+
+        async def drain(ws: Any) -> None:  # reading answers the herder's pings
+            async for _msg in ws:
+                pass
+
+        drains = [asyncio.create_task(drain(ws)) for ws in (golem, channel)]
+        for _ in range(6):  # more than the socket buffers hold, less than the queue
+            await channel.send_bytes(b"x" * (1 << 20))
+
+        def minion_tasks() -> list[str]:
+            return [t.get_name() for t in asyncio.all_tasks() if "minion of" in t.get_name()]
+
+        assert minion_tasks()
+        for _ in range(100):
+            if not minion_tasks() and len(registry._sockets) == 1:  # the golem's
+                break
+            await asyncio.sleep(0.1)
+        assert minion_tasks() == []
+        assert len(registry._sockets) == 1
+        assert registry._golems[WEBSTRATE].minions == {}
+        for task in drains:
+            task.cancel()
+        await golem.close()
+    finally:
+        sock.close()
+
+
+async def test_buffer_bounds_count_utf8_bytes_not_characters(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text of emoji weighs four bytes a character: a minion whose early
+    frames hold more UTF-8 than the bound is closed, though they hold fewer
+    characters than it."""
+    monkeypatch.setattr(relay, "QUEUE_BYTES", 1 << 20)
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    await receive_event(golem)
+    text = "\U0001f600" * (100 << 10)  # 400 KiB of UTF-8, 100 Ki characters
+    for _ in range(3):  # 1.2 MiB of UTF-8, 300 Ki characters
+        await minion.send_str(text)
+    msg = await expect_closed(minion)
+    assert (msg.data, msg.extra) == (1008, "send queue full: no golem reading")
+    await golem.close()
+
+
+async def test_minions_per_webstrate_are_capped(tmp_path: Path, aiohttp_client: Any) -> None:
+    settings = make_settings(tmp_path / "d", relay_minions_per_webstrate=2, golem_wait=30)
+    client = await aiohttp_client(create_app(settings))
+    # waiting minions count too: no golem is connected
+    first = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    second = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    with pytest.raises(WSServerHandshakeError) as err:
+        await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    assert err.value.status == 429
+    resp = await client.get(f"/minion/v1/connect/{WEBSTRATE}")
+    assert resp.status == 429
+    assert "2 minions connected" in (await resp.json())["error"]
+    other = await client.ws_connect("/minion/v1/connect/another")  # per webstrate
+    # once one leaves, its place is free again
+    await first.close()
+    for _ in range(100):
+        try:
+            again = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+            break
+        except WSServerHandshakeError:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the minion's place stayed taken after it left")
+    for ws in (second, other, again):
+        await ws.close()
+
+
+async def test_failed_channel_upgrade_keeps_the_early_frames(
+    client: TestClient[Any, Any],
+) -> None:
+    """A data channel whose upgrade fails (a plain GET) is a 400 that the
+    minion never hears of; its early frames wait for the next channel."""
+    golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
+    minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
+    minion_id = (await receive_event(golem))["ID"]
+    await minion.send_str("early frame")
+    await asyncio.sleep(0.2)
+    resp = await client.get(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+    assert resp.status == 400
+    with pytest.raises(TimeoutError):
+        await minion.receive(timeout=0.5)  # neither golem-connected nor -disconnected
+    channel = await client.ws_connect(f"/golem/v1/connect-to/{WEBSTRATE}/{minion_id}")
+    assert await receive_event(minion) == {"Event": "golem-connected"}
+    msg = await channel.receive(timeout=5)
+    assert (msg.type, msg.data) == (WSMsgType.TEXT, "early frame")
+    assert "WebSocket upgrade" in (await resp.json())["error"]
+    for ws in (channel, minion, golem):
+        await ws.close()
