@@ -38,6 +38,7 @@ from .reconcile import Reconciler
 from .runtime import DockerRuntime
 from .settings import Settings
 from .signing import instance_id, load_keypair
+from .streams import StreamLimits
 
 log = logging.getLogger("herder")
 
@@ -180,6 +181,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = metrics.Metrics()
+    app[appkeys.STREAMS] = StreamLimits(settings.streams_per_subject, settings.streams_total)
     app.on_response_prepare.append(_send_request_id)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_runtime)

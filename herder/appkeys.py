@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .relay import Relay
     from .runtime import Runtime
     from .settings import Settings
+    from .streams import StreamLimits
     from .tokens import TokenService
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -36,3 +37,4 @@ METER: web.AppKey[Meter] = web.AppKey("meter")
 RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
 UPSTREAMS: web.AppKey[Upstreams] = web.AppKey("upstreams")
 ATTACH: web.AppKey[AttachHub] = web.AppKey("attach")
+STREAMS: web.AppKey[StreamLimits] = web.AppKey("streams")

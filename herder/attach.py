@@ -34,8 +34,9 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import WSMsgType, web
 
 from . import appkeys
-from .errors import BadRequest, HerderError
+from .errors import BadRequest, HerderError, ServiceUnavailable
 from .inputs import plain_int
+from .keyedlocks import KeyedLocks
 from .proxy import find_daemon
 from .runtime.base import Attachment, OutputChunk, Runtime
 from .tokens import require_claims
@@ -164,25 +165,32 @@ class AttachSession:
 
 
 class AttachHub:
-    """Every attach session of the herder, one per container."""
+    """Every attach session of the herder, one per container.
+
+    Joins and leaves of one container take turns (a lock per container, so
+    a slow engine call for one daemon holds up no other's clients)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._sessions: dict[str, AttachSession] = {}
-        self._lock = asyncio.Lock()
+        self._locks = KeyedLocks()
+        self._closed = False
 
     async def join(self, ref: str, tail: int) -> tuple[AttachSession, Subscriber]:
         """Attach a client to container `ref` (raises `NotFound` unless it runs)."""
-        async with self._lock:
+        async with self._locks.hold(ref):
             session = self._sessions.get(ref)
             if session is None or session.finished:
                 session = await AttachSession.open(self, ref)
+                if self._closed:
+                    await session.close()
+                    raise ServiceUnavailable("the herder is shutting down")
                 self._sessions[ref] = session
             return session, session.subscribe(tail)
 
     async def leave(self, session: AttachSession, subscriber: Subscriber) -> None:
         """A client is gone; the last one out detaches from the container."""
-        async with self._lock:
+        async with self._locks.hold(session.ref):
             session.subscribers.discard(subscriber)
             if session.subscribers or self._sessions.get(session.ref) is not session:
                 return
@@ -190,13 +198,13 @@ class AttachHub:
         await session.close()
 
     async def forget(self, session: AttachSession) -> None:
-        async with self._lock:
+        async with self._locks.hold(session.ref):
             if self._sessions.get(session.ref) is session:
                 del self._sessions[session.ref]
 
     async def close(self) -> None:
-        async with self._lock:
-            sessions, self._sessions = list(self._sessions.values()), {}
+        self._closed = True
+        sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             for subscriber in list(session.subscribers):
                 subscriber.drop(*CLOSE_SHUTDOWN)
@@ -245,7 +253,10 @@ async def attach(request: web.Request) -> web.StreamResponse:
     daemon = await find_daemon(request.app, request.match_info["name"], claims.sub)
     tail = _tail(request.query.get("tail"))
     binary = _flag("binary", request.query.get("binary"))
-    return await serve_attach(request, daemon.container_id or daemon.container_name, tail, binary)
+    with request.app[appkeys.STREAMS].hold(claims.sub):
+        return await serve_attach(
+            request, daemon.container_id or daemon.container_name, tail, binary
+        )
 
 
 def _tail(raw: str | None) -> int:

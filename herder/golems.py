@@ -28,7 +28,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -37,6 +36,7 @@ from aiohttp import web
 
 from . import appkeys
 from .errors import Conflict, NoCredits, NotFound, TooManyRequests
+from .keyedlocks import KeyedLocks
 from .ledger import Ledger
 from .metrics import Metrics
 from .relay import Relay, check_webstrate
@@ -96,27 +96,6 @@ def render_emet(public_url: str) -> str:
     return template.replace(HERDER_URL_PLACEHOLDER, url).replace("HERDER/", public_url + "/")
 
 
-class _KeyedLocks:
-    """One `asyncio.Lock` per key, forgotten when nobody holds or awaits it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 class Golems:
     """Spawns, lists, resets and kills golems through the Runtime."""
 
@@ -137,7 +116,7 @@ class Golems:
         self.relay = relay
         self.instance = instance
         self.emet_script = emet_script
-        self._webstrate_locks = _KeyedLocks()
+        self._webstrate_locks = KeyedLocks()
         self._create_lock = asyncio.Lock()  # count-then-create stays under the cap
 
     def _labels(self, webstrate: str | None = None) -> dict[str, str]:

@@ -2,21 +2,27 @@
 
 The body is the container's stdout and stderr as written (plain text,
 streamed). With `follow=1` the response stays open and carries new output
-until the daemon stops or the client goes away.
+until the daemon stops or the client goes away; a subject may have a
+limited number of follows and attach sockets open (`herder.streams`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from . import appkeys
 from .daemon_exec import find_daemon
 from .inputs import plain_int
+from .runtime.base import OutputChunk
 from .tokens import require_claims
 
 MAX_TAIL = 100_000
+# Seconds between checks that a follow's client is still there.
+DISCONNECT_CHECK = 1.0
 
 routes = web.RouteTableDef()
 
@@ -35,7 +41,16 @@ async def daemon_logs(request: web.Request) -> web.StreamResponse:
     tail = _tail(request.query.get("tail"))
     follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
     daemon = await find_daemon(request.app, claims.sub, request.match_info["name"])
-    chunks = request.app[appkeys.RUNTIME].logs(daemon.id, tail=tail, follow=follow)
+    if not follow:
+        return await _send_logs(request, daemon.id, tail, follow=False)
+    with request.app[appkeys.STREAMS].hold(claims.sub):
+        return await _send_logs(request, daemon.id, tail, follow=True)
+
+
+async def _send_logs(
+    request: web.Request, ref: str, tail: int | None, *, follow: bool
+) -> web.StreamResponse:
+    chunks = request.app[appkeys.RUNTIME].logs(ref, tail=tail, follow=follow)
     async with contextlib.aclosing(chunks):
         # Without follow, pull the first chunk before answering, so an engine
         # failure is still a JSON error; with follow, answer at once (the
@@ -48,7 +63,28 @@ async def daemon_logs(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         if first is not None:
             await response.write(first.data)
-        async for chunk in chunks:
-            await response.write(chunk.data)
-        await response.write_eof()
+        pump = asyncio.ensure_future(_pump(chunks, response))
+        try:
+            # A client that goes away is noticed at the next write; a silent
+            # daemon writes nothing, so its follow is checked on as well.
+            while not pump.done():
+                await asyncio.wait({pump}, timeout=DISCONNECT_CHECK)
+                if not pump.done() and _gone(request):
+                    pump.cancel()
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        if not _gone(request):
+            await response.write_eof()
     return response
+
+
+async def _pump(chunks: AsyncIterator[OutputChunk], response: web.StreamResponse) -> None:
+    async for chunk in chunks:
+        await response.write(chunk.data)
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()

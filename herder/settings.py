@@ -30,6 +30,11 @@ DEFAULT_IMAGES: dict[str, str] = {
 NETWORK_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 SHARED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
 
+# Engine connections of the runtime's streaming client (log follows, attach
+# sessions, event streams), apart from those of its short calls; aiodocker's
+# default. `STREAMS_TOTAL` stays below it, leaving room for the event streams.
+STREAM_CONNECTIONS = 100
+
 
 def _parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
@@ -188,6 +193,20 @@ class Settings:
     golem_memory_mb: int = _setting(1024, _parse_int, "memory limit of a golem (MiB)", minimum=64)
     golem_cpus: float = _setting(1.0, _parse_float, "CPUs a golem may use", minimum=0.01)
     golem_pids: int = _setting(512, _parse_int, "process limit of a golem", minimum=16)
+    streams_per_subject: int = _setting(
+        16,
+        _parse_int,
+        "most open log follows and attach sockets of one subject (429 above)",
+        minimum=1,
+    )
+    streams_total: int = _setting(
+        64,
+        _parse_int,
+        "most open log follows and attach sockets of the herder (429 above); below the "
+        "engine connections kept for streams",
+        minimum=1,
+        maximum=STREAM_CONNECTIONS - 10,
+    )
     log_format: str = _setting("text", _parse_str, "text or json")
 
     def __repr__(self) -> str:

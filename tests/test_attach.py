@@ -15,7 +15,7 @@ from herder.attach import AttachHub, last_lines
 from herder.runtime.base import OutputChunk
 from herder.settings import Settings
 
-from .conftest import TokenMaker, make_settings
+from .conftest import TokenMaker, auth, make_settings
 from .daemon_fixtures import Daemons, SpawnedDaemon
 from .images import ensure_cat_image
 
@@ -23,8 +23,9 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path / "data", daemon_bind_address="127.0.0.1")
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    extra = getattr(request, "param", {})
+    return make_settings(tmp_path / "data", daemon_bind_address="127.0.0.1", **extra)
 
 
 @pytest.fixture
@@ -193,4 +194,76 @@ async def test_a_slow_client_is_dropped_and_memory_stays_bounded(
     assert received > before and slow.queue.qsize() <= attach.QUEUE_FRAMES
     await hub.leave(session, slow)
     await hub.leave(session, fast)
+    await hub.close()
+
+
+@pytest.mark.parametrize("settings", [{"streams_per_subject": 2}], indirect=True)
+async def test_attach_sockets_past_the_subjects_cap_are_429(
+    client: TestClient[Any, Any],
+    daemons: Daemons,
+    cat: SpawnedDaemon,
+    make_token: TokenMaker,
+    token: str,
+) -> None:
+    one = await client.ws_connect(url(cat, token))
+    two = await client.ws_connect(url(cat, token))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(url(cat, token))
+    assert refused.value.status == 429
+    # Follows and attach sockets count together.
+    follow = f"/daemon/v1/logs/{cat.container_name}?follow=1"
+    async with client.get(follow, headers=auth(token)) as resp:
+        assert resp.status == 429
+        assert "at most 2" in (await resp.json())["error"]
+    # Another subject is not held up, nor are short calls.
+    other = make_token()
+    theirs = await daemons.spawn(other, await ensure_cat_image())
+    async with client.ws_connect(url(theirs, other)) as ws:
+        await ws.send_str("still mine\n")
+        await read_until(ws, "still mine\n")
+    ls = await asyncio.wait_for(client.get("/daemon/v1/ls", headers=auth(token)), 10)
+    assert ls.status == 200
+    ls.release()
+    # A socket that closes frees its place.
+    await one.close()
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                again = await client.ws_connect(url(cat, token))
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                assert exc.status == 429
+                await asyncio.sleep(0.1)
+    await again.send_str("back\n")
+    await read_until(again, "back\n")
+    await again.close()
+    await two.close()
+
+
+class SlowAttachRuntime(FloodingRuntime):
+    """Attaching to "slow" waits until `release` is set; other containers attach at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def attach(self, ref: str) -> FloodingRuntime:
+        if ref == "slow":
+            await self.release.wait()
+        return FloodingRuntime()
+
+
+async def test_a_slow_attach_holds_up_no_other_container() -> None:
+    hub = AttachHub(SlowAttachRuntime())  # type: ignore[arg-type]
+    runtime = hub.runtime
+    assert isinstance(runtime, SlowAttachRuntime)
+    slow = asyncio.create_task(hub.join("slow", 0))
+    await asyncio.sleep(0.05)
+    assert not slow.done()
+    # Joining and leaving another container goes on meanwhile.
+    session, subscriber = await asyncio.wait_for(hub.join("fast", 0), 10)
+    await asyncio.wait_for(hub.leave(session, subscriber), 10)
+    runtime.release.set()
+    session, subscriber = await asyncio.wait_for(slow, 10)
+    await hub.leave(session, subscriber)
     await hub.close()

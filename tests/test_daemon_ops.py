@@ -6,21 +6,31 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from sqlalchemy import select
 
 from herder import appkeys
 from herder.ledger import Workload
+from herder.runtime import DockerRuntime
+from herder.settings import STREAM_CONNECTIONS, Settings
 
-from .conftest import auth
+from .conftest import auth, make_settings
 from .hostile_bodies import JSON, MALFORMED_JSON, assert_refused, malformed
 from .script_image import ensure_script_image
 
 pytestmark = pytest.mark.docker
 
 Spawner = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """The test herder's settings, with a test's own (`indirect` parameters) on top."""
+    return make_settings(tmp_path / "data", **getattr(request, "param", {}))
 
 
 @pytest.fixture
@@ -88,6 +98,78 @@ async def test_logs_follow_streams_new_output(client: Any, make_token: Any, spaw
             seen += await resp.content.readany()
     resp.close()
     assert seen.startswith(b"tick1\n")
+
+
+async def _prompt_ls(client: Any, token: str) -> None:
+    """`GET /daemon/v1/ls` answers: a hang (no engine connection free) is the failure."""
+    resp = await asyncio.wait_for(client.get("/daemon/v1/ls", headers=auth(token)), 10)
+    assert resp.status == 200, await resp.text()
+    resp.release()
+
+
+@pytest.mark.parametrize("settings", [{"streams_per_subject": 2}], indirect=True)
+async def test_follows_past_the_subjects_cap_are_429_others_still_follow(
+    client: Any, make_token: Any, spawn: Spawner
+) -> None:
+    token, other = make_token(_subject()), make_token(_subject())
+    await spawn(token, "quiet", "sleep 600")
+    await spawn(other, "quiet", "sleep 600")
+    url = "/daemon/v1/logs/quiet?follow=1"
+    held = [await client.get(url, headers=auth(token)) for _ in range(2)]
+    assert [r.status for r in held] == [200, 200]
+    refused = await client.get(url, headers=auth(token))
+    assert refused.status == 429
+    assert "at most 2" in (await refused.json())["error"]
+    # Only follows count: a plain read of the logs still works.
+    assert await _logs(client, token, "quiet") == ""
+    theirs = await client.get(url, headers=auth(other))
+    assert theirs.status == 200
+    await _prompt_ls(client, token)
+    # A follow whose client left frees its place, though the daemon is silent.
+    held.pop().close()
+    async with asyncio.timeout(10):
+        while (again := await client.get(url, headers=auth(token))).status == 429:
+            again.release()
+            await asyncio.sleep(0.2)
+    assert again.status == 200
+    for resp in (*held, theirs, again):
+        resp.close()
+
+
+@pytest.mark.parametrize("settings", [{"streams_per_subject": 1000}], indirect=True)
+async def test_many_follows_never_starve_short_engine_calls(
+    client: Any, make_token: Any, spawn: Spawner, settings: Settings
+) -> None:
+    runtime = client.server.app[appkeys.RUNTIME]
+    assert isinstance(runtime, DockerRuntime)
+    assert runtime.streams.connector is not runtime.docker.connector
+    assert settings.streams_total < runtime.streams.connector.limit == STREAM_CONNECTIONS
+    token = make_token(_subject())
+    await spawn(token, "silent", "sleep 600")
+    url = str(client.make_url("/daemon/v1/logs/silent?follow=1"))
+
+    async def follow(session: aiohttp.ClientSession) -> aiohttp.ClientResponse | None:
+        try:
+            return await asyncio.wait_for(session.get(url, headers=auth(token)), 10)
+        except TimeoutError:
+            return None
+
+    # More follows than aiodocker's pool of 100 engine connections.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        follows = await asyncio.gather(*(follow(session) for _ in range(110)))
+        try:
+            await _prompt_ls(client, token)
+            health = await asyncio.wait_for(client.get("/healthz"), 10)
+            assert health.status == 200
+            statuses = [r.status if r is not None else None for r in follows]
+            assert statuses.count(200) == settings.streams_total
+            assert statuses.count(429) == len(statuses) - settings.streams_total
+            refused = next(r for r in follows if r is not None and r.status == 429)
+            assert "herder has too many" in (await refused.json())["error"]
+        finally:
+            for resp in follows:
+                if resp is not None:
+                    resp.close()
 
 
 async def test_exec_one_and_errors(client: Any, make_token: Any, spawn: Spawner) -> None:

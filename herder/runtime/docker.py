@@ -44,14 +44,22 @@ _Networks = list[dict[str, Any]]
 
 
 class DockerRuntime:
+    """Two engine clients with connection pools of their own: `docker` for
+    short calls (list, inspect, spawn, kill, ping, minion runs, exec) and
+    `streams` for calls that stay open as long as a client or the herder
+    wants (log follows, attach sessions, the event streams). However many
+    streams are open, short calls never wait for a connection behind them."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.docker = aiodocker.Docker(url=url)
+        self.streams = aiodocker.Docker(url=url)
         self._networks: set[str] = set()  # networks known to exist
         self._network_lock = asyncio.Lock()
 
     async def close(self) -> None:
         await self.docker.close()
+        await self.streams.close()
 
     async def ping(self) -> None:
         try:
@@ -277,7 +285,7 @@ class DockerRuntime:
             params["since"] = f"{since:.6f}"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
         try:
-            async with self.docker._query(
+            async with self.streams._query(
                 "events", method="GET", params=params, timeout=timeout
             ) as response:
                 try:
@@ -438,7 +446,7 @@ class DockerRuntime:
     # -- interactive access ------------------------------------------------------
 
     async def attach(self, ref: str) -> Attachment:
-        container = self.docker.containers.container(ref)
+        container = self.streams.containers.container(ref)
         stream = container.attach(stdin=True, stdout=True, stderr=True, logs=False)
         try:
             await stream.__aenter__()
@@ -464,8 +472,9 @@ class DockerRuntime:
             "tail": "all" if tail is None else str(max(tail, 0)),
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
+        client = self.streams if follow else self.docker  # a follow stays open
         try:
-            async with self.docker._query(
+            async with client._query(
                 f"containers/{info.id}/logs", method="GET", params=params, timeout=timeout
             ) as response:
                 try:
