@@ -23,6 +23,7 @@ from aiohttp import web
 from . import appkeys
 from .errors import BadRequest, ImageNotFound, NoCredits, NotFound
 from .inputs import parse_json, read_form
+from .keyedlocks import KeyedLocks
 from .ledger import Ledger
 from .metrics import Metrics
 from .runtime import ContainerInfo, Runtime
@@ -208,7 +209,7 @@ class DaemonService:
         self.ledger = ledger
         self.runtime = runtime
         self.instance = instance
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks = KeyedLocks()  # one per (subject, name), dropped when unused
         # Called with the container name of each daemon removed (the proxy
         # forgets its address at once: Docker may hand it to another daemon).
         self.on_removed: list[Callable[[str], None]] = []
@@ -220,13 +221,6 @@ class DaemonService:
             LABEL_INSTANCE: self.instance,
             LABEL_SUBJECT: subject,
         }
-
-    def _lock(self, subject: str, name: str) -> asyncio.Lock:
-        key = (subject, name)
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     async def _owned(
         self, subject: str, name: str, *, or_container_name: bool = False
@@ -255,7 +249,7 @@ class DaemonService:
     async def _spawn(self, claims: Claims, request: SpawnRequest) -> Spawned:
         if not await self.runtime.image_exists(request.image):
             raise ImageNotFound(f"image {request.image!r} is not available on this herder")
-        async with self._lock(claims.sub, request.name):
+        async with self._locks.hold((claims.sub, request.name)):
             for old in await self._owned(claims.sub, request.name):
                 await self._remove(old)
             labels = self._labels(claims.sub) | {LABEL_JTI: claims.jti, LABEL_NAME: request.name}
@@ -321,7 +315,7 @@ class DaemonService:
             # A daemon killed earlier without `wipe` left its data: wiping it
             # needs no container.
             if wipe and NAME_PATTERN.fullmatch(name) and name not in RESERVED_NAMES:
-                async with self._lock(subject, name):
+                async with self._locks.hold((subject, name)):
                     if not await self._owned(subject, name) and await self.runtime.remove_volume(
                         volume_name(self.instance, subject, name)
                     ):
@@ -331,7 +325,7 @@ class DaemonService:
         user_names = {c.labels.get(LABEL_NAME, "") for c in found}
         killed: list[str] = []
         for user_name in sorted(user_names):
-            async with self._lock(subject, user_name):
+            async with self._locks.hold((subject, user_name)):
                 for container in await self._owned(subject, user_name):
                     await self._remove(container)
                     killed.append(container.name)
@@ -345,7 +339,7 @@ class DaemonService:
         members = await self.runtime.list(self._labels(subject) | {LABEL_GROUP: group})
         killed: list[str] = []
         for user_name in sorted({c.labels.get(LABEL_NAME, "") for c in members}):
-            async with self._lock(subject, user_name):
+            async with self._locks.hold((subject, user_name)):
                 for container in await self._owned(subject, user_name):
                     if container.labels.get(LABEL_GROUP) != group:
                         continue  # respawned meanwhile into another group

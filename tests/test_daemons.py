@@ -19,7 +19,12 @@ from herder.signing import instance_id
 
 from .conftest import TokenMaker, auth, make_settings
 from .hostile_bodies import MALFORMED_FORMS, assert_refused, malformed
-from .images import ensure_busybox_image, ensure_httpd_image, ensure_volume_image
+from .images import (
+    ensure_busybox_image,
+    ensure_command_image,
+    ensure_httpd_image,
+    ensure_volume_image,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -250,6 +255,26 @@ async def test_a_daemon_spawned_during_a_reconcile_stays_metered(client: Any, to
     assert report.closed == []
     running = await app[appkeys.LEDGER].running_workloads(app[appkeys.INSTANCE], "daemon")
     assert [w.name for w in running] == ["late"]
+
+
+async def test_an_image_without_a_command_is_400_and_leaves_nothing(
+    client: Any, token: str, settings: Settings, docker: aiodocker.Docker
+) -> None:
+    image = await ensure_command_image("herder-test/busybox-nocmd:1", [])
+    resp = await spawn(client, token, name="nocmd", image=image)
+    assert resp.status == 400
+    assert image in (await resp.json())["error"]
+    instance = instance_id(settings.data_dir)
+    label = json.dumps({"label": [f"herder.instance={instance}"]})
+    assert await docker.containers.list(all=True, filters=label) == []
+    assert await instance_volumes(docker, instance) == []
+
+
+async def test_kills_of_unknown_names_keep_no_state(client: Any, token: str) -> None:
+    for n in range(50):
+        resp = await client.get(f"/daemon/v1/kill/nobody{n}?wipe=1", headers=auth(token))
+        assert resp.status == 404
+    assert not client.app[appkeys.DAEMONS]._locks._locks
 
 
 async def test_credits_run_down_and_daemons_stop_at_zero(

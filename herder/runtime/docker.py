@@ -16,7 +16,7 @@ import aiohttp
 from aiodocker.containers import DockerContainer
 from aiodocker.stream import Stream
 
-from ..errors import Conflict, ImageNotFound, NotFound
+from ..errors import BadRequest, Conflict, ImageNotFound, NotFound
 from . import oneshot, proctree
 from .base import (
     LABEL_MANAGED,
@@ -208,34 +208,54 @@ class DockerRuntime:
             raise ImageNotFound(f"image {spec.image!r} is not available on this herder")
         if spec.network:
             await self.ensure_network(spec.network)
+        new_volume = False
         if spec.volume:
-            await self._ensure_volume(spec.volume, spec.labels)
+            new_volume = await self._ensure_volume(spec.volume, spec.labels)
         try:
-            container = await self.docker.containers.create(_service_config(spec), name=spec.name)
-        except aiodocker.DockerError as exc:
-            if exc.status == 409:
-                raise Conflict(f"a container named {spec.name!r} exists") from None
-            if exc.status == 404:
-                raise ImageNotFound(
-                    f"image {spec.image!r} is not available on this herder"
-                ) from None
-            raise RuntimeUnavailable("Docker Engine refused to create the container") from exc
-        try:
-            if spec.files:
-                data = await asyncio.to_thread(files_tar, spec.files)
-                await container.put_archive(spec.files_dir, data)
-            await self._start(container, spec.network)
-            info = await self.inspect(container.id)
-        except BaseException:
-            await asyncio.shield(self.remove(container.id))
+            try:
+                container = await self.docker.containers.create(
+                    _service_config(spec), name=spec.name
+                )
+            except aiodocker.DockerError as exc:
+                if exc.status == 409:
+                    raise Conflict(f"a container named {spec.name!r} exists") from None
+                if exc.status == 404:
+                    raise ImageNotFound(
+                        f"image {spec.image!r} is not available on this herder"
+                    ) from None
+                raise _refused(exc, spec.image, "create the container") from None
+            try:
+                if spec.files:
+                    data = await asyncio.to_thread(files_tar, spec.files)
+                    await container.put_archive(spec.files_dir, data)
+                try:
+                    await self._start(container, spec.network)
+                except aiodocker.DockerError as exc:
+                    raise _refused(exc, spec.image, "start the container") from None
+                info = await self.inspect(container.id)
+            except BaseException:
+                await asyncio.shield(self.remove(container.id))
+                raise
+        except BadRequest:
+            # The image cannot run as a daemon: a data volume made for it goes too.
+            if new_volume and spec.volume:
+                await asyncio.shield(self.remove_volume(spec.volume))
             raise
         if info is None:
             raise RuntimeUnavailable("the container vanished right after start")
         return info
 
-    async def _ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+    async def _ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
+        """Make the named volume if missing; True when it was made now."""
         try:
+            try:
+                await self.docker.volumes.get(name)
+                return False
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
             await self.docker.volumes.create({"Name": name, "Labels": labels})
+            return True
         except aiodocker.DockerError as exc:
             raise RuntimeUnavailable("Docker Engine refused to create the volume") from exc
 
@@ -611,6 +631,15 @@ def _has_labels_raw(have: dict[str, str], want: dict[str, str]) -> bool:
 
 def _has_labels(info: ContainerInfo, labels: dict[str, str]) -> bool:
     return all(info.labels.get(k) == v for k, v in labels.items())
+
+
+def _refused(exc: aiodocker.DockerError, image: str, doing: str) -> Exception:
+    """An engine error: the caller's image when the engine says 400 (no
+    command, an entrypoint that cannot run), else the engine's trouble."""
+    if exc.status == 400:
+        message = str(exc.message or "").strip()[:300]
+        return BadRequest(f"image {image!r} cannot run as a daemon: {message}")
+    return RuntimeUnavailable(f"Docker Engine refused to {doing}")
 
 
 def _address(networks: dict[str, Any], mode: str) -> str:
