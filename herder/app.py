@@ -64,6 +64,11 @@ _ID_PREFIX = secrets.token_hex(4) + "-"
 _next_id = itertools.count(1).__next__
 
 
+# What the request log and metrics record for a request cancelled before its
+# answer (the client left, or the server is shutting down), as nginx does.
+CLIENT_CLOSED = 499
+
+
 def _request_id(request: web.Request) -> str:
     """The caller's `X-Request-Id` when it is sane (it goes into logs), else a new one."""
     given = request.headers.get("X-Request-Id")
@@ -126,6 +131,10 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = web.json_response(
             {"error": reason.lower()}, status=exc.status, headers=_safe_headers(exc)
         )
+    except asyncio.CancelledError:
+        # The client went, or the server is shutting down: not a server error.
+        status = CLIENT_CLOSED
+        raise
     except Exception:
         log.exception("unhandled error in %s %s", method, _loggable(path))
         response = web.json_response(

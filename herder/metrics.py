@@ -42,6 +42,11 @@ RUN_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 360
 routes = web.RouteTableDef()
 
 
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
+)
+
+
 class Metrics:
     """The herder's metrics, in a registry of their own."""
 
@@ -144,12 +149,12 @@ class Metrics:
 
     def request(self, method: str, status: int) -> None:
         """Called by the request middleware for every answer."""
-        key = (method, status // 100)
+        # Methods are the caller's choice: others share one label, so the
+        # number of series stays bounded.
+        key = (method if method in HTTP_METHODS else "other", status // 100)
         child = self._request_children.get(key)
         if child is None:
-            if len(self._request_children) >= 256:  # methods are caller-chosen
-                self._request_children.clear()
-            child = self._requests.labels(method, f"{key[1]}xx")
+            child = self._requests.labels(key[0], f"{key[1]}xx")
             self._request_children[key] = child
         child.inc()
 

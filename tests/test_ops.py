@@ -434,6 +434,41 @@ async def test_requests_counted_by_status_class(client: Any) -> None:
     assert _value(families, "herder_http_requests_total", method="PUT", status="4xx") == 1
 
 
+async def test_unknown_methods_share_one_label(client: Any) -> None:
+    for method in ("PROPFIND", "MKCOL", "PURGE"):
+        resp = await client.request(method, "/healthz")
+        assert resp.status in (400, 405)
+    families = _families(await (await client.get("/metrics")).text())
+    methods = {
+        sample.labels["method"]
+        for family in families.values()
+        for sample in family.samples
+        if sample.name == "herder_http_requests_total"
+    }
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"}
+    assert "other" in methods
+
+
+async def test_a_cancelled_request_is_logged_as_499_not_500(tmp_path: Path, caplog: Any) -> None:
+    """A request cancelled before its answer (the server shutting down) is
+    not a server error: the log line and the metrics say 499."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from herder.app import request_middleware
+
+    app = create_app(make_settings(tmp_path / "d"))
+    request = make_mocked_request("GET", "/daemon/v1/logs/x", app=app)
+
+    async def cancelled(_: Any) -> Any:
+        raise asyncio.CancelledError
+
+    with caplog.at_level(logging.INFO, logger="herder"), pytest.raises(asyncio.CancelledError):
+        await request_middleware(request, cancelled)
+    lines = [r for r in caplog.records if getattr(r, "path", "") == "/daemon/v1/logs/x"]
+    assert [getattr(r, "status", None) for r in lines] == [499]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_log_time_is_the_standard_format() -> None:
     plain, formatter = logging.Formatter("%(asctime)s"), JsonFormatter()
     for created in (1700000000.25, 1700000000.75, 1700000001.5, 1700000000.5):
