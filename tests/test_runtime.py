@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -14,10 +16,10 @@ import pytest
 
 from herder.errors import ImageNotFound
 from herder.runtime import DockerRuntime
-from herder.runtime.base import ServiceSpec
+from herder.runtime.base import RunSpec, ServiceSpec
 
 from .conftest import INSTANCE_PREFIX
-from .images import ensure_busybox_image
+from .images import BUSYBOX_IMAGE, ensure_busybox_image
 
 pytestmark = pytest.mark.docker
 
@@ -149,3 +151,73 @@ async def test_network_is_made_once_by_racing_herders_and_again_when_removed(
             await runtime.close()
         for made in await _networks_named(docker, network):
             await (await docker.networks.get(made["Id"])).delete()
+
+
+# -- one-shot runs cancelled (a request cancelled at shutdown) ------------------------
+
+
+def _minion_spec(label: str, script: bytes) -> RunSpec:
+    return RunSpec(
+        image=BUSYBOX_IMAGE,
+        files={"main.sh": script},
+        labels={
+            "herder.managed": "1",
+            "herder.kind": "minion",
+            "herder.instance": INSTANCE_PREFIX + "runtime",
+            "herder.test": label,
+        },
+        memory_bytes=64 << 20,
+        nano_cpus=500_000_000,
+        pids=32,
+        network=None,
+        timeout=60,
+        output_limit=1024,
+        output_file=None,
+        output_file_limit=1 << 20,
+        tmp_bytes=1 << 20,
+        workdir="/minion",
+        env={},
+        cmd=("sh", "/minion/main.sh"),
+    )
+
+
+async def _labelled(docker: aiodocker.Docker, label: str) -> list[Any]:
+    filters = json.dumps({"label": [f"herder.test={label}"]})
+    return list(await docker.containers.list(all=True, filters=filters))
+
+
+async def test_a_run_cancelled_as_the_runtime_closes_leaves_no_container(
+    docker: aiodocker.Docker,
+) -> None:
+    """Shutdown: the request is cancelled, then the runtime is closed. The
+    removal the cancel started finishes before the clients close."""
+    await ensure_busybox_image()
+    label = "closing-" + secrets.token_hex(3)
+    runtime = DockerRuntime("unix:///var/run/docker.sock")
+    run = asyncio.create_task(runtime.run_once(_minion_spec(label, b"sleep 30\n")))
+    await asyncio.sleep(2)  # well into the run
+    assert await _labelled(docker, label)
+    run.cancel()
+    await asyncio.sleep(0)
+    await runtime.close()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    assert await _labelled(docker, label) == []
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.02, 0.05])
+async def test_a_run_cancelled_while_its_container_is_created_leaves_none(
+    runtime: DockerRuntime, docker: aiodocker.Docker, delay: float
+) -> None:
+    await ensure_busybox_image()
+    label = "creating-" + secrets.token_hex(3)
+    run = asyncio.create_task(runtime.run_once(_minion_spec(label, b"sleep 5\n")))
+    await asyncio.sleep(delay)
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    for _ in range(50):  # the removal runs on after the cancel
+        if not await _labelled(docker, label):
+            break
+        await asyncio.sleep(0.1)
+    assert await _labelled(docker, label) == []

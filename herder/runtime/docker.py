@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +36,8 @@ log = logging.getLogger("herder.runtime")
 
 # Seconds to wait, after a run ends, for the last frames of its output.
 _DRAIN_GRACE = 5.0
+# Seconds `close` waits for container removals still under way.
+_CLEANUP_GRACE = 15.0
 # The herder network: a bridge whose containers cannot reach each other.
 _NETWORK_OPTIONS = {"com.docker.network.bridge.enable_icc": "false"}
 _NETWORK_LABELS = {LABEL_MANAGED: "1"}
@@ -56,10 +58,27 @@ class DockerRuntime:
         self.streams = aiodocker.Docker(url=url)
         self._networks: set[str] = set()  # networks known to exist
         self._network_lock = asyncio.Lock()
+        # One-shot runs under way and removals of their containers that
+        # outlive a cancelled request: `close` waits for them.
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     async def close(self) -> None:
+        # Removals under way finish first: with the clients closed they could not.
+        # (A run that ends starts its removal then, so look again until none is left.)
+        deadline = time.monotonic() + _CLEANUP_GRACE
+        while self._cleanups and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._cleanups), timeout=left)
         await self.docker.close()
         await self.streams.close()
+
+    def _cleanup(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run `work` to its end even if its caller is cancelled; `close` waits for it."""
+        return self._tracked(asyncio.ensure_future(work))
+
+    def _tracked(self, future: asyncio.Future[None]) -> asyncio.Future[None]:
+        self._cleanups.add(future)
+        future.add_done_callback(self._cleanups.discard)
+        return future
 
     async def ping(self) -> None:
         try:
@@ -375,11 +394,24 @@ class DockerRuntime:
         )
 
     async def run_once(self, spec: RunSpec) -> RunResult:
+        # Until this run has cleaned up after itself, `close` keeps the clients open.
+        running = self._tracked(asyncio.get_running_loop().create_future())
+        try:
+            return await self._run_once(spec)
+        finally:
+            running.set_result(None)
+
+    async def _run_once(self, spec: RunSpec) -> RunResult:
         archive = await asyncio.to_thread(files_tar, spec.files, uid=spec.uid, gid=spec.gid)
         if spec.network:
             await self.ensure_network(spec.network)
+        creating = asyncio.ensure_future(self.docker.containers.create(oneshot.run_config(spec)))
         try:
-            container = await self.docker.containers.create(oneshot.run_config(spec))
+            # Shielded: cancelled mid-create, the engine still makes the container.
+            container = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            self._cleanup(self._remove_once_created(creating))
+            raise
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ImageNotFound(f"image {spec.image!r} is not available locally") from None
@@ -392,8 +424,15 @@ class DockerRuntime:
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
             raise RuntimeUnavailable("Docker Engine failed during the run") from exc
         finally:
-            # Shielded: a cancelled request still removes its container.
-            await asyncio.shield(self._discard_run(container.id, stream))
+            # A cancelled request still removes its container.
+            await asyncio.shield(self._cleanup(self._discard_run(container.id, stream)))
+
+    async def _remove_once_created(self, creating: asyncio.Future[DockerContainer]) -> None:
+        try:
+            container = await creating
+        except Exception:
+            return  # never made
+        await self._discard_run(container.id, None)
 
     async def _run_created(
         self, container: DockerContainer, stream: Stream, archive: bytes, spec: RunSpec
@@ -435,7 +474,7 @@ class DockerRuntime:
             oom_killed = bool(state.get("OOMKilled"))
         output: bytes | None = None
         note: str | None = None
-        if spec.output_file is not None:
+        if spec.output_file is not None and not timed_out:  # a timeout answers 504 anyway
             output, note = await oneshot.copy_out(
                 self.docker, container.id, spec.workdir, spec.output_file, spec.output_file_limit
             )
@@ -452,9 +491,10 @@ class DockerRuntime:
             output_note=note,
         )
 
-    async def _discard_run(self, container_id: str, stream: Stream) -> None:
+    async def _discard_run(self, container_id: str, stream: Stream | None) -> None:
         try:
-            await stream.close()
+            if stream is not None:
+                await stream.close()
         except Exception:  # the stream is done with either way
             log.debug("closing the attach stream of %s failed", container_id, exc_info=True)
         try:
