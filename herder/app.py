@@ -200,6 +200,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_metering)
     app[appkeys.RELAY] = relay.Relay(settings.golem_wait, settings.relay_minions_per_webstrate)
     app.on_shutdown.append(relay.on_shutdown)
+    app.on_shutdown.append(_end_streams)
     app.cleanup_ctx.append(golems.golems_context)
     app.cleanup_ctx.append(proxy.upstreams_context)
     app.cleanup_ctx.append(attach.attach_hub_context)
@@ -217,6 +218,14 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(proxy.routes)
     app.router.add_routes(attach.routes)
     return app
+
+
+async def _end_streams(app: web.Application) -> None:
+    """At shutdown, before aiohttp waits for handlers: log follows end and
+    attach sockets close (code 1001), so none holds the shutdown up."""
+    app[appkeys.STREAMS].closing.set()
+    if appkeys.ATTACH in app:
+        await app[appkeys.ATTACH].close()
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -21,7 +21,8 @@ from .runtime.base import OutputChunk
 from .tokens import require_claims
 
 MAX_TAIL = 100_000
-# Seconds between checks that a follow's client is still there.
+# Seconds between checks that a follow's client is still there (and that
+# the herder is not shutting down).
 DISCONNECT_CHECK = 1.0
 
 routes = web.RouteTableDef()
@@ -43,13 +44,20 @@ async def daemon_logs(request: web.Request) -> web.StreamResponse:
     daemon = await find_daemon(request.app, claims.sub, request.match_info["name"])
     if not follow:
         return await _send_logs(request, daemon.id, tail, follow=False)
-    with request.app[appkeys.STREAMS].hold(claims.sub):
-        return await _send_logs(request, daemon.id, tail, follow=True)
+    streams = request.app[appkeys.STREAMS]
+    with streams.hold(claims.sub):
+        return await _send_logs(request, daemon.id, tail, follow=True, until=streams.closing)
 
 
 async def _send_logs(
-    request: web.Request, ref: str, tail: int | None, *, follow: bool
+    request: web.Request,
+    ref: str,
+    tail: int | None,
+    *,
+    follow: bool,
+    until: asyncio.Event | None = None,
 ) -> web.StreamResponse:
+    """The daemon's output; a follow ends when `until` is set (shutdown)."""
     chunks = request.app[appkeys.RUNTIME].logs(ref, tail=tail, follow=follow)
     async with contextlib.aclosing(chunks):
         # Without follow, pull the first chunk before answering, so an engine
@@ -69,7 +77,7 @@ async def _send_logs(
             # daemon writes nothing, so its follow is checked on as well.
             while not pump.done():
                 await asyncio.wait({pump}, timeout=DISCONNECT_CHECK)
-                if not pump.done() and _gone(request):
+                if not pump.done() and (_gone(request) or (until and until.is_set())):
                     pump.cancel()
         finally:
             pump.cancel()

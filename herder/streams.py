@@ -9,6 +9,7 @@ the request is a 429 before anything is opened.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ class StreamLimits:
         self.total = total
         self.open = 0
         self._open: Counter[str] = Counter()
+        # Set when the herder shuts down: open follows end at once.
+        self.closing = asyncio.Event()
 
     @contextmanager
     def hold(self, subject: str) -> Iterator[None]:

@@ -22,7 +22,7 @@ from herder.settings import Settings
 from herder.signing import instance_id
 
 from .conftest import TokenMaker, auth, make_settings
-from .images import ensure_busybox_image
+from .images import ensure_busybox_image, ensure_cat_image
 from .test_daemons import remove_instance_leftovers
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -147,3 +147,40 @@ async def test_sigkill_restart_resumes_metering_and_charges_downtime_once(
 
     async with session.get(herder.url + f"/daemon/v1/kill/{name}", headers=auth(token)) as resp:
         assert resp.status == 200
+
+
+async def test_sigterm_ends_follows_and_attaches_and_leaves_daemons_running(
+    herder: Herder, session: aiohttp.ClientSession, make_token: TokenMaker, docker: aiodocker.Docker
+) -> None:
+    """Shutdown does not wait on clients: a log follow ends, an attach socket
+    closes with 1001, the process exits (aiohttp would otherwise wait up to a
+    minute per open stream), and the daemon runs on."""
+    image = await ensure_cat_image()
+    token = make_token(credits=1000)
+    herder.start()
+    await herder.wait_ready(session)
+    async with session.post(
+        herder.url + "/daemon/v1/spawn",
+        data={"name": "stays", "image": image},
+        headers=auth(token),
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        name = (await resp.json())["Name"]
+    follow = await session.get(herder.url + "/daemon/v1/logs/stays?follow=1", headers=auth(token))
+    assert follow.status == 200
+    ws = await session.ws_connect(herder.url + "/daemon/v1/attach/stays", headers=auth(token))
+
+    closing = asyncio.ensure_future(ws.receive())  # a client reads all along
+    followed = asyncio.ensure_future(follow.read())
+    await asyncio.sleep(0.2)
+    assert herder.process is not None
+    herder.process.send_signal(signal.SIGTERM)
+    exit_code = await asyncio.to_thread(herder.process.wait, 40)  # a hang fails here
+    assert exit_code == 0, herder.log.read_text()[-3000:]
+    assert await followed == b""  # ended, not cut
+    message = await asyncio.wait_for(closing, 5)
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1001, message
+    await ws.close()
+    follow.release()
+    assert (await (await docker.containers.get(name)).show())["State"]["Running"]
+    assert "Traceback" not in herder.log.read_text()
