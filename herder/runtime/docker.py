@@ -46,16 +46,21 @@ _Networks = list[dict[str, Any]]
 
 
 class DockerRuntime:
-    """Two engine clients with connection pools of their own: `docker` for
-    short calls (list, inspect, spawn, kill, ping, minion runs, exec) and
-    `streams` for calls that stay open as long as a client or the herder
-    wants (log follows, attach sessions, the event streams). However many
-    streams are open, short calls never wait for a connection behind them."""
+    """Three engine clients with connection pools of their own: `docker` for
+    short calls (list, inspect, spawn, kill, ping, exec), `streams` for calls
+    that stay open as long as a client or the herder wants (log follows,
+    attach sessions, the event streams) and `runs` for the attach stream and
+    wait of one-shot runs. However many streams or minions are open, short
+    calls never wait for a connection behind them."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.docker = aiodocker.Docker(url=url)
         self.streams = aiodocker.Docker(url=url)
+        # A one-shot run holds two connections while it runs (its attach
+        # stream and its wait): on a client of their own, many minions at
+        # once slow neither short calls nor streams.
+        self.runs = aiodocker.Docker(url=url)
         self._networks: set[str] = set()  # networks known to exist
         self._network_lock = asyncio.Lock()
         # One-shot runs under way and removals of their containers that
@@ -70,6 +75,7 @@ class DockerRuntime:
             await asyncio.wait(set(self._cleanups), timeout=left)
         await self.docker.close()
         await self.streams.close()
+        await self.runs.close()
 
     def _cleanup(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
         """Run `work` to its end even if its caller is cancelled; `close` waits for it."""
@@ -418,7 +424,7 @@ class DockerRuntime:
             raise RuntimeUnavailable("Docker Engine refused to create the container") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise RuntimeUnavailable("Docker Engine not answering") from exc
-        stream = oneshot.attach_stream(self.docker, container.id)
+        stream = oneshot.attach_stream(self.runs, container.id)
         try:
             return await self._run_created(container, stream, archive, spec)
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
@@ -456,7 +462,7 @@ class DockerRuntime:
             await self._start(container, spec.network)
             try:
                 async with asyncio.timeout(spec.timeout):
-                    status = await container.wait()
+                    status = await self.runs.containers.container(container.id).wait()
                 exit_code = int(status.get("StatusCode", -1))
             except TimeoutError:
                 timed_out = True
