@@ -111,7 +111,7 @@ def session_containers() -> list[str]:
         [
             "docker",
             "ps",
-            "-aq",
+            "-a",  # not -q: Docker ignores --format with it
             "--no-trunc",
             "--filter",
             "label=herder.managed=1",
@@ -141,7 +141,6 @@ def sweep_containers() -> Iterator[None]:
             "docker",
             "volume",
             "ls",
-            "-q",
             "--filter",
             "label=herder.managed=1",
             "--format",
