@@ -4,11 +4,13 @@ container, volume and network the session's herders created."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,15 @@ async def docker() -> AsyncIterator[aiodocker.Docker]:
     await client.close()
 
 
+async def eventually(check: Any, timeout: float = 10.0, what: str | None = None) -> None:
+    """Wait until `await check()` is true; fail (with `what`) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(what or f"{check.__name__} did not happen within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
 def docker_ps(*filters: str) -> list[dict[str, Any]]:
     args = ["docker", "ps", "-a", "--format", "{{json .}}"]
     for f in filters:
@@ -105,23 +116,20 @@ def docker_ps(*filters: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def session_containers() -> list[str]:
-    """Ids of containers made by this session's test herders."""
+def session_containers(*labels: str) -> list[str]:
+    """Ids of containers made by this session's test herders (and carrying
+    every `key=value` of `labels`)."""
+    filters = [
+        arg for label in ("herder.managed=1", *labels) for arg in ("--filter", f"label={label}")
+    ]
     out = subprocess.run(
-        [
-            "docker",
-            "ps",
-            "-a",  # not -q: Docker ignores --format with it
-            "--no-trunc",
-            "--filter",
-            "label=herder.managed=1",
-            "--format",
-            '{{.ID}} {{.Label "herder.instance"}}',
-        ],
+        # not -q: Docker ignores --format with it
+        ["docker", "ps", "-a", "--no-trunc", *filters,
+         "--format", '{{.ID}} {{.Label "herder.instance"}}'],
         capture_output=True,
         text=True,
-        check=False,
-    ).stdout
+        check=True,
+    ).stdout  # fmt: skip
     return [
         line.split()[0]
         for line in out.splitlines()

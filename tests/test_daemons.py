@@ -17,7 +17,7 @@ from herder import appkeys
 from herder.settings import Settings
 from herder.signing import instance_id
 
-from .conftest import TokenMaker, auth, make_settings
+from .conftest import TokenMaker, auth, eventually, make_settings
 from .hostile_bodies import MALFORMED_FORMS, assert_refused, malformed
 from .images import (
     ensure_busybox_image,
@@ -78,14 +78,6 @@ async def remaining(client: Any, token: str) -> int:
     resp = await client.get("/token/v1/balance", headers=auth(token))
     credits: int = (await resp.json())["credits"]
     return credits
-
-
-async def eventually(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{check.__name__} did not happen within {timeout} s")
-        await asyncio.sleep(0.1)
 
 
 async def test_full_lifecycle(

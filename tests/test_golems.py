@@ -32,7 +32,7 @@ from herder.settings import Settings
 from herder.signing import load_keypair
 from herder.tokens import TokenService
 
-from .conftest import auth, make_settings
+from .conftest import auth, eventually, make_settings
 from .images import ensure_command_image
 
 pytestmark = pytest.mark.docker
@@ -382,14 +382,6 @@ async def rows_by_name(one: Herder) -> list[tuple[str, str, str]]:
     return [(r.name, r.state, r.container_id) for r in await workloads(one)]
 
 
-async def wait_for(check: Callable[[], Any], what: str) -> None:
-    for _ in range(100):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(what)
-
-
 async def test_restart_closes_vanished_golems_removes_unknown_ones_and_meters_the_rest(
     herder: HerderMaker, docker: aiodocker.Docker, tmp_path: Path
 ) -> None:
@@ -444,13 +436,15 @@ async def test_restart_closes_vanished_golems_removes_unknown_ones_and_meters_th
     # costing at once (Docker's event stream, no polling).
     ledger = two.app[appkeys.LEDGER]
     charged = (await ledger.balance("owner@example.org")).charged
-    await wait_for(lambda: _charged_more(ledger, charged), "the surviving golem was not metered")
+    await eventually(
+        lambda: _charged_more(ledger, charged), what="the surviving golem was not metered"
+    )
     await (await docker.containers.get(ids["kept-doc"])).delete(force=True)
 
     async def closed() -> bool:
         return all(state == "stopped" for _, state, _ in await rows_by_name(two))
 
-    await wait_for(closed, "the golem removed by hand kept an open run")
+    await eventually(closed, what="the golem removed by hand kept an open run")
     settled = (await ledger.balance("owner@example.org")).charged
     await asyncio.sleep(1.0)  # five metering ticks
     assert (await ledger.balance("owner@example.org")).charged == settled
@@ -476,7 +470,7 @@ async def test_an_anonymous_golem_restarted_by_docker_keeps_running(
     async def reopened() -> bool:
         return [s for _, s, _ in await rows_by_name(one)] == ["stopped", "running"]
 
-    await wait_for(reopened, "the restarted golem got no new run")
+    await eventually(reopened, what="the restarted golem got no new run")
     assert (await container.show())["State"]["Running"]
     assert [r.metered for r in await workloads(one)] == [False, False]
 

@@ -18,11 +18,10 @@ import pytest
 from herder import appkeys
 from herder.settings import Settings
 
-from .conftest import TokenMaker, auth, make_settings
+from .conftest import TokenMaker, auth, eventually, make_settings
 from .images import ensure_command_image, ensure_httpd_image
 from .script_image import ensure_script_image
 from .test_daemons import (
-    eventually,
     get_from,
     remove_what_the_test_made,  # noqa: F401  (autouse: removes what the test made)
 )

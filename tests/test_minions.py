@@ -10,7 +10,6 @@ import itertools
 import json
 import math
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from herder.settings import Settings
 from herder.signing import load_keypair
 from herder.tokens import TokenService
 
-from .conftest import INSTANCE_PREFIX, auth, make_settings
+from .conftest import INSTANCE_PREFIX, auth, make_settings, session_containers
 from .hostile_bodies import MALFORMED_FORMS, assert_refused, malformed
 
 docker = pytest.mark.docker
@@ -211,33 +210,11 @@ async def herder(make_herder: HerderMaker) -> Herder:
     return await make_herder()
 
 
-def _session_minions() -> list[str]:
-    out = subprocess.run(
-        [
-            "docker",
-            "ps",
-            "-a",
-            "--filter",
-            "label=herder.kind=minion",
-            "--format",
-            '{{.ID}} {{.Label "herder.instance"}}',
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [
-        line.split()[0]
-        for line in out.splitlines()
-        if len(line.split()) == 2 and line.split()[1].startswith(INSTANCE_PREFIX)
-    ]
-
-
 @pytest.fixture(autouse=True)
 def no_minion_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if request.node.get_closest_marker("docker"):
-        assert _session_minions() == [], "a minion container was left behind"
+        assert session_containers("herder.kind=minion") == [], "a minion container was left behind"
 
 
 HELLO = {

@@ -81,6 +81,15 @@ class Herder:
             await asyncio.sleep(0.1)
         pytest.fail("the herder did not start:\n" + self.log.read_text())
 
+    async def spawn(self, session: aiohttp.ClientSession, token: str, name: str, image: str) -> str:
+        """Spawn a daemon; its container name."""
+        async with session.post(
+            self.url + "/daemon/v1/spawn", data={"name": name, "image": image}, headers=auth(token)
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            container: str = (await resp.json())["Name"]
+            return container
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
@@ -115,13 +124,7 @@ async def test_sigkill_restart_resumes_metering_and_charges_downtime_once(
             return 1000 - int((await resp.json())["credits"])
 
     before_spawn = time.time()
-    async with session.post(
-        herder.url + "/daemon/v1/spawn",
-        data={"name": "survivor", "image": image},
-        headers=auth(token),
-    ) as resp:
-        assert resp.status == 200, await resp.text()
-        name = (await resp.json())["Name"]
+    name = await herder.spawn(session, token, "survivor", image)
     after_spawn = time.time()
     await asyncio.sleep(2)
     assert await spent() >= 1
@@ -159,13 +162,7 @@ async def test_sigterm_ends_follows_and_attaches_and_leaves_daemons_running(
     token = make_token(credits=1000)
     herder.start()
     await herder.wait_ready(session)
-    async with session.post(
-        herder.url + "/daemon/v1/spawn",
-        data={"name": "stays", "image": image},
-        headers=auth(token),
-    ) as resp:
-        assert resp.status == 200, await resp.text()
-        name = (await resp.json())["Name"]
+    name = await herder.spawn(session, token, "stays", image)
     follow = await session.get(herder.url + "/daemon/v1/logs/stays?follow=1", headers=auth(token))
     assert follow.status == 200
     ws = await session.ws_connect(herder.url + "/daemon/v1/attach/stays", headers=auth(token))
