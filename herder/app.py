@@ -30,6 +30,7 @@ from . import (
     relay,
     tokens,
 )
+from .channels.service import ChannelService
 from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
 from .logfmt import REQUEST_ID
@@ -198,6 +199,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_daemons)
     app.cleanup_ctx.append(_reconciler)
     app.cleanup_ctx.append(_metering)
+    app.cleanup_ctx.append(_channels)
     app[appkeys.RELAY] = relay.Relay(settings.golem_wait, settings.relay_minions_per_webstrate)
     app.on_shutdown.append(relay.on_shutdown)
     app.on_shutdown.append(_end_streams)
@@ -255,6 +257,29 @@ async def _daemons(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.METRICS],
     )
     yield
+
+
+async def _channels(app: web.Application) -> AsyncIterator[None]:
+    """PyCloud's Redis channels, when `REDIS_URL` is set (owned task)."""
+    settings = app[appkeys.SETTINGS]
+    if not settings.redis_url:
+        yield
+        return
+    service = ChannelService(
+        settings,
+        app[appkeys.DAEMONS],
+        app[appkeys.TOKENS],
+        app[appkeys.LEDGER],
+        app[appkeys.INSTANCE],
+        app[appkeys.METRICS].registry,
+        running=lambda: node.running_counts(app),
+    )
+    app[appkeys.CHANNELS] = service
+    try:
+        async with owned_task(service.run(), "channels"):
+            yield
+    finally:
+        await service.close()
 
 
 # How long start-up waits for the first reconcile (Docker may be down).

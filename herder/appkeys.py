@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .attach import AttachHub
+    from .channels.service import ChannelService
     from .daemons import DaemonService
     from .golems import Golems
     from .ledger import Ledger
@@ -38,3 +39,4 @@ RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
 UPSTREAMS: web.AppKey[Upstreams] = web.AppKey("upstreams")
 ATTACH: web.AppKey[AttachHub] = web.AppKey("attach")
 STREAMS: web.AppKey[StreamLimits] = web.AppKey("streams")
+CHANNELS: web.AppKey[ChannelService] = web.AppKey("channels")

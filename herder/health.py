@@ -33,13 +33,17 @@ async def check_health(app: web.Application) -> dict[str, Any]:
     database, docker = await asyncio.gather(
         _timed(app[appkeys.LEDGER].ping), _timed(app[appkeys.RUNTIME].ping)
     )
-    return {
+    report: dict[str, Any] = {
         "ok": database["ok"] and docker["ok"],
         "version": __version__,
         "instance": app[appkeys.INSTANCE],
         "database": database,
         "docker": docker,
     }
+    if appkeys.CHANNELS in app:  # channels on (REDIS_URL): Redis counts too
+        report["redis"] = await _timed(app[appkeys.CHANNELS].ping)
+        report["ok"] = report["ok"] and report["redis"]["ok"]
+    return report
 
 
 @routes.get("/healthz")
