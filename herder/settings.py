@@ -330,7 +330,7 @@ class Settings:
                 f"HERDER_LOG_FORMAT: bad value {self.log_format!r}: expected text or json"
             )
         if self.redis_url:
-            _check_redis_url(self.redis_url)
+            check_redis_url(self.redis_url)
         if not CHANNEL_PREFIX_PATTERN.fullmatch(self.channel_prefix):
             raise SettingsError(
                 f"HERDER_CHANNEL_PREFIX: bad value {self.channel_prefix[:100]!r}: expected "
@@ -339,7 +339,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _check_redis_url(url: str) -> None:
+def check_redis_url(url: str) -> None:
+    """`redis://[:password@]host[:port][/db]`, `rediss://…` or `unix:///path`."""
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018  (raises on a bad port)

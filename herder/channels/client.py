@@ -89,4 +89,3 @@ def script(
     if files:
         config["files"] = files
     return f"{image}\n{json.dumps(config)}"
-

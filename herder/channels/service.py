@@ -41,6 +41,8 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from ..daemons import DaemonService
 from ..errors import HerderError, NotFound, ServiceUnavailable, Unauthorized
@@ -163,6 +165,9 @@ class ChannelService:
             socket_connect_timeout=2,
             socket_timeout=10,
             health_check_interval=15,
+            # A pooled connection Redis closed (a restart) is retried on a new one.
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError],
         )
         self._renew = self._redis.register_script(_RENEW)
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue(QUEUE)
