@@ -45,9 +45,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from ..daemons import DaemonService
-from ..errors import HerderError, NotFound, ServiceUnavailable, Unauthorized
+from ..errors import Conflict, HerderError, NotFound, ServiceUnavailable, Unauthorized
 from ..ledger import Ledger
 from ..ledger.lookup import daemon_owner, running_daemons_started_since
+from ..runtime.base import LABEL_INSTANCE, LABEL_KIND, LABEL_NAME, LABEL_SUBJECT
 from ..settings import Settings
 from ..tokens import Claims, TokenService
 from . import protocol
@@ -477,6 +478,11 @@ class ChannelService:
                 reply, code = self._refusal(request, error), error.status
             else:
                 reply, code = await self._reply(request, previous)
+        except _TryLater as exc:
+            # Unanswered and unacknowledged: the Stream entry comes back.
+            log.info("channels: %s %s waits: %s", verb, request.id, exc)
+            await self._redis.delete(keys.claim(verb, request.id))
+            return
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -520,7 +526,7 @@ class ChannelService:
             return await self._session(request, claims, taken_over=previous is not None), 200
         except HerderError as exc:
             return self._refusal(request, exc), exc.status
-        except REDIS_ERRORS:
+        except (_TryLater, *REDIS_ERRORS):
             raise
         except Exception:
             log.exception("channels: %s %s failed", request.verb, request.id)
@@ -540,8 +546,38 @@ class ChannelService:
                 return protocol.created(
                     daemon.instance, daemon.container_name, daemon.ports, daemon.address
                 )
-        spawned = await self.daemons.spawn(claims, spawn)
+        try:
+            spawned = await self.daemons.spawn(claims, spawn)
+        except Conflict:
+            # A predecessor died between making the container and recording it.
+            if previous is None or not await self._remove_leftover(claims, spawn.name):
+                raise
+            spawned = await self.daemons.spawn(claims, spawn)
         return protocol.created(self.instance, spawned.name, spawned.ports, spawned.address)
+
+    async def _remove_leftover(self, claims: Claims, name: str) -> bool:
+        """Remove the container a dead herder made for this request and never
+        recorded (its restart would remove it too). One whose herder still
+        announces itself may be a spawn under way: try again later."""
+        container_name = f"{name}-{claims.jti}"  # as DaemonService names it
+        runtime = self.daemons.runtime
+        info = await runtime.inspect(container_name)
+        if info is None:
+            return True
+        labels = info.labels
+        owner = labels.get(LABEL_INSTANCE, "")
+        if (
+            labels.get(LABEL_KIND) != "daemon"
+            or labels.get(LABEL_SUBJECT) != claims.sub
+            or labels.get(LABEL_NAME) != name
+            or await self.ledger.running_workload(owner, "daemon", container_name) is not None
+        ):
+            return False
+        if owner != self.instance and await self._redis.exists(self.keys.alive(owner)):
+            raise _TryLater(f"{container_name} of herder {owner}, which still announces itself")
+        log.info("channels: removing %s, left unrecorded by herder %s", container_name, owner)
+        await runtime.remove(info.id)
+        return True
 
     async def _session(
         self, request: Request, claims: Claims, *, taken_over: bool
@@ -562,6 +598,10 @@ class ChannelService:
                 raise
             # Our predecessor removed it and died before answering.
         return protocol.session_status(self.instance, session, False)
+
+
+class _TryLater(Exception):
+    """Not now: leave the request unanswered (a Stream entry is retried)."""
 
 
 def _attempt(raw: Any) -> _Attempt | None:
