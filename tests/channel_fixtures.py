@@ -29,7 +29,7 @@ _prefixes = iter(range(10**6))
 @pytest.fixture
 async def redis() -> AsyncIterator[Redis]:
     """The real Redis. Fails (never skips) when there is none."""
-    client = Redis.from_url(REDIS_URL)
+    client = Redis.from_url(REDIS_URL, protocol=2)
     try:
         await client.ping()
     except Exception as exc:  # pragma: no cover - the failure is the message
@@ -74,6 +74,7 @@ class Answers:
         self.got: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self.failed: BaseException | None = None
 
     async def __aenter__(self) -> Answers:
         self._pubsub = self.redis.pubsub()
@@ -82,6 +83,14 @@ class Answers:
         return self
 
     async def _collect(self) -> None:
+        try:
+            await self._listen()
+        except BaseException as exc:
+            self.failed = exc
+            self._changed.set()
+            raise
+
+    async def _listen(self) -> None:
         async for message in self._pubsub.listen():
             if message["type"] != "pmessage":
                 continue
@@ -105,6 +114,8 @@ class Answers:
         """Until each of `ids` has an answer."""
         deadline = time.monotonic() + timeout
         while True:
+            if self.failed is not None:
+                pytest.fail(f"the answers' subscription failed: {self.failed!r}")
             missing = [i for i in ids if not self.of(verb, i)]
             if not missing:
                 return

@@ -276,7 +276,7 @@ async def test_redis_lost_is_a_503_and_comes_back(
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
     process = _start_redis(port, tmp_path)
-    redis = Redis.from_url(url)
+    redis = Redis.from_url(url, protocol=2)
     try:
         await eventually(_pings(redis), what="our redis-server did not start")
         settings = make_settings(tmp_path / "data", redis_url=url, channel_prefix="lost")

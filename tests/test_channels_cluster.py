@@ -97,9 +97,7 @@ async def test_100_creates_on_three_herders_start_100_daemons_once_each(
     ids = [r["id"] for r in requests]
     try:
         async with Answers(redis, prefix) as answers:
-            await asyncio.gather(
-                *(redis.publish(f"{prefix}.create", json.dumps(r)) for r in requests)
-            )
+            await publish_all(redis, f"{prefix}.create", requests)
             await answers.wait("create", ids, timeout=600)
             # The same id twice: one daemon, one answer for both.
             twice = {"id": new_request_id(), "script": script(image), "token": token}
@@ -135,9 +133,7 @@ async def test_100_creates_on_three_herders_start_100_daemons_once_each(
         ]
         by_name = {r[0]["id"]: r[0]["cloud"] for r in [*replies.values(), [again[0]]]}
         async with Answers(redis, prefix) as answers:
-            await asyncio.gather(
-                *(redis.publish(f"{prefix}.remove", json.dumps(r)) for r in removes)
-            )
+            await publish_all(redis, f"{prefix}.remove", removes)
             await answers.wait("remove", [r["id"] for r in removes], timeout=600)
             await asyncio.sleep(0.5)
         for r in removes:
@@ -146,6 +142,14 @@ async def test_100_creates_on_three_herders_start_100_daemons_once_each(
         assert daemon_containers(subject) == []
     finally:
         remove_daemons(subject)
+
+
+async def publish_all(redis: Redis, channel: str, payloads: list[dict[str, Any]]) -> None:
+    """All at once, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for payload in payloads:
+            pipe.publish(channel, json.dumps(payload))
+        await pipe.execute()
 
 
 def _count(answers: Answers, verb: str, request_id: str, n: int) -> Callable[[], Any]:

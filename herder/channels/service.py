@@ -163,6 +163,7 @@ class ChannelService:
         self._lease_ms = int(settings.channel_lease * 1000)
         self._redis: Redis = Redis.from_url(
             settings.redis_url,
+            protocol=2,  # RESP2: the same replies from every redis-py version
             socket_connect_timeout=2,
             socket_timeout=10,
             health_check_interval=15,
@@ -209,6 +210,9 @@ class ChannelService:
                 self._set_up(False)
             except redis_errors.ResponseError as exc:
                 log.error("channels: Redis refused a command (%s): %s", what, exc)
+            except Exception:
+                # A bug must not end the channels for good: logged, then retried.
+                log.exception("channels: the %s loop failed; restarting it", what)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(BACKOFF_MAX, delay * 2)
 

@@ -102,7 +102,7 @@ def _payload(args: argparse.Namespace, token: str | None) -> dict[str, Any]:
 
 
 async def _send(url: str, prefix: str, args: argparse.Namespace, payload: dict[str, Any]) -> int:
-    redis = Redis.from_url(url, socket_connect_timeout=5)
+    redis = Redis.from_url(url, protocol=2, socket_connect_timeout=5)
     try:
         answer = await channels.call(
             redis, prefix, args.action, payload, timeout=args.timeout, stream=args.stream
