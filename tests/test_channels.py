@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from herder import appkeys
 from herder.app import create_app
 from herder.channels.client import call, new_request_id
 from herder.channels.protocol import default_name
@@ -321,7 +322,12 @@ def _pings(redis: Redis) -> Callable[[], Any]:
     return pings
 
 
-async def test_channels_off_without_redis_url(client: TestClient[Any, Any]) -> None:
+async def test_channels_off_without_redis_url(
+    tmp_path: Path, aiohttp_client: Callable[..., Any]
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(tmp_path / "off")))
+    assert client.app[appkeys.SETTINGS].redis_url == ""
+    assert appkeys.CHANNELS not in client.app
     health = await client.get("/healthz")
     assert health.status == 200 and "redis" not in await health.json()
     assert "herder_redis_up" not in await (await client.get("/metrics")).text()
