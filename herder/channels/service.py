@@ -334,7 +334,8 @@ class ChannelService:
         running: dict[str, int] | None = None
         if self._running is not None:
             try:
-                running = await self._running()
+                # Bounded: a rank that never comes would read as a dead herder.
+                running = await asyncio.wait_for(self._running(), RANK_INTERVAL / 2)
             except Exception:
                 log.warning("channels: the engine did not answer; rank without running counts")
         cpus, memory = await asyncio.to_thread(_free_resources)
