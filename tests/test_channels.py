@@ -23,7 +23,8 @@ from herder.app import create_app
 from herder.channels.client import call, new_request_id
 from herder.channels.protocol import default_name
 from herder.settings import Settings
-from herder.signing import instance_id
+from herder.signing import instance_id, load_keypair
+from herder.tokens import TokenService
 
 from .channel_fixtures import REDIS_URL, Answers, dropped, share_keys, wait_listening
 from .conftest import TokenMaker, eventually, make_settings, session_containers
@@ -145,9 +146,8 @@ async def test_refusals_answer_with_error_and_code_and_start_nothing(
     token = make_token(credits=100)
     broke = make_token(credits=0)
     # A token signed with another herder's key.
-    forged = make_token.__globals__["TokenService"](  # type: ignore[attr-defined]
-        make_token.__globals__["load_keypair"](tmp_path / "other"), settings, None
-    ).create("mallory@example.org", 10**6)[0]
+    other_keys = load_keypair(tmp_path / "other")
+    forged = TokenService(other_keys, settings, None).create("mallory@example.org", 10**6)[0]  # type: ignore[arg-type]
 
     def create(script_text: Any, tok: str | None = token) -> dict[str, Any]:
         body: dict[str, Any] = {"id": new_request_id(), "script": script_text}
