@@ -1,4 +1,5 @@
-"""`GET /healthz`: is the database reachable, is Docker reachable, how fast."""
+"""The health report behind `GET /healthz`: is the database reachable, is Docker
+reachable, how fast."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-
-from . import __version__, appkeys
+from . import __version__
+from .ledger import Ledger
+from .runtime import Runtime
 
 CHECK_TIMEOUT = 5.0
-
-routes = web.RouteTableDef()
 
 
 async def _timed(check: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
@@ -29,24 +28,25 @@ async def _timed(check: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
     return {"ok": True, "ms": round((time.monotonic() - started) * 1000, 1)}
 
 
-async def check_health(app: web.Application) -> dict[str, Any]:
-    database, docker = await asyncio.gather(
-        _timed(app[appkeys.LEDGER].ping), _timed(app[appkeys.RUNTIME].ping)
-    )
+async def check_health(
+    ledger: Ledger,
+    runtime: Runtime,
+    instance: str,
+    redis_ping: Callable[[], Awaitable[Any]] | None = None,
+) -> dict[str, Any]:
+    """The report; `ok` only when the database and the engine answer, and
+    Redis too when the channels are on (`redis_ping` given)."""
+    checks = [_timed(ledger.ping), _timed(runtime.ping)]
+    if redis_ping is not None:
+        checks.append(_timed(redis_ping))
+    database, docker, *redis = await asyncio.gather(*checks)
     report: dict[str, Any] = {
-        "ok": database["ok"] and docker["ok"],
+        "ok": database["ok"] and docker["ok"] and all(r["ok"] for r in redis),
         "version": __version__,
-        "instance": app[appkeys.INSTANCE],
+        "instance": instance,
         "database": database,
         "docker": docker,
     }
-    if appkeys.CHANNELS in app:  # channels on (REDIS_URL): Redis counts too
-        report["redis"] = await _timed(app[appkeys.CHANNELS].ping)
-        report["ok"] = report["ok"] and report["redis"]["ok"]
+    if redis:
+        report["redis"] = redis[0]
     return report
-
-
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    report = await check_health(request.app)
-    return web.json_response(report, status=200 if report["ok"] else 503)

@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.channels.client import call, new_request_id
 from herder.channels.protocol import default_name

@@ -382,6 +382,6 @@ def remove_container(name: str) -> None:
 
 
 def _instance_of(client: TestClient[Any, Any]) -> str:
-    from herder import appkeys
+    from herder.api import keys as appkeys
 
     return client.app[appkeys.INSTANCE]

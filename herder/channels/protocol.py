@@ -21,7 +21,7 @@ from ..daemons import (
     check_group,
     check_image,
     check_name,
-    parse_ports,
+    check_ports,
 )
 from ..errors import BadRequest, PayloadTooLarge
 
@@ -175,11 +175,11 @@ def parse_script(script: Any, request_id: str) -> SpawnRequest:
         raise BadRequest("script: give port or ports, not both")
     ports: tuple[int, ...] = ()
     if "port" in config:
-        ports = parse_ports(json.dumps([config["port"]]))
+        ports = check_ports([config["port"]])
     elif "ports" in config:
         if not isinstance(config["ports"], list):
             raise BadRequest("script: ports must be a list of port numbers")
-        ports = parse_ports(json.dumps(config["ports"]))
+        ports = check_ports(config["ports"])
     name = config.get("name")
     if name is None:
         name = default_name(request_id)
