@@ -49,12 +49,13 @@ def settings(tmp_path: Path, prefix: str) -> Settings:
 
 
 def herder_settings(tmp_path: Path, n: int, prefix: str) -> Settings:
+    """Herders in this process keep the default lease (15 s): three of them
+    on one loop of a busy machine may be slow to renew a short one."""
     return make_settings(
         tmp_path / f"herder{n}",
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}",
         redis_url=REDIS_URL,
         channel_prefix=prefix,
-        channel_lease="2",
     )
 
 
@@ -228,7 +229,7 @@ class Herders:
             "HERDER_DATABASE_URL": settings.database_url,
             "HERDER_REDIS_URL": REDIS_URL,
             "HERDER_CHANNEL_PREFIX": self.prefix,
-            "HERDER_CHANNEL_LEASE": "2",
+            "HERDER_CHANNEL_LEASE": "3",  # a quick takeover after the kill
             "HERDER_HOST": "127.0.0.1",
             "HERDER_PORT": str(self.ports[n]),
             "HERDER_DAEMON_BIND_ADDRESS": "127.0.0.1",
