@@ -3,10 +3,10 @@ the request (a warm pool's).
 
 A run's container is created with every limit and started with
 `oneshot.WRAPPER` as its process, which waits for a line on stdin. The
-files are then copied into the workdir (a tmpfs volume, so only while the
-container runs), the run's nonce is written to its stdin, and the wrapper
-runs the command and reports how it ended in a last stderr line marked with
-that nonce. The timeout counts from the nonce on. The output file is read
+herder attaches, writes the run's nonce and a tar of its files to stdin
+(unpacked into the workdir, a tmpfs volume that lives as long as the
+container runs), and the wrapper runs the command and reports how it ended
+in a last stderr line marked with that nonce. The timeout counts from the nonce on. The output file is read
 from the still-running container as the caller takes it; then the
 container goes. `prepare_run` does the first half ahead of time.
 """
@@ -141,7 +141,7 @@ class OneShotRuns:
             if prepared is not None:
                 stream = oneshot.attach_stream(self.rt.runs, prepared)
                 try:
-                    await self._load(prepared, stream, archive, spec)
+                    await stream.__aenter__()
                     container_id, pooled = prepared, True
                 except _EngineErrors:
                     log.info("prepared minion container %s was not waiting: a new one", prepared)
@@ -154,9 +154,9 @@ class OneShotRuns:
                 if container_id is None:
                     container_id = (await self._create_started(spec)).id
                     stream = oneshot.attach_stream(self.rt.runs, container_id)
-                    await self._load(container_id, stream, archive, spec)
+                    await stream.__aenter__()
                 assert stream is not None
-                result, output = await self._execute(container_id, stream, spec)
+                result, output = await self._execute(container_id, stream, spec, archive)
             except _EngineErrors as exc:
                 raise RuntimeUnavailable("Docker Engine failed during the run") from exc
             yield dataclasses.replace(result, output_stream=output, pooled=pooled)
@@ -185,20 +185,8 @@ class OneShotRuns:
                 raise RuntimeUnavailable("Docker Engine failed copying the output") from exc
             return dataclasses.replace(result, output=data, output_stream=None)
 
-    async def _load(self, container_id: str, stream: Stream, archive: bytes, spec: RunSpec) -> None:
-        """Attach and copy the files in, both at once, while the wrapper waits."""
-        container = self.rt.docker.containers.container(container_id)
-        put = asyncio.ensure_future(container.put_archive(spec.workdir, archive))
-        try:
-            await stream.__aenter__()
-        except BaseException:
-            put.cancel()
-            await asyncio.gather(put, return_exceptions=True)
-            raise
-        await put
-
     async def _execute(
-        self, container_id: str, stream: Stream, spec: RunSpec
+        self, container_id: str, stream: Stream, spec: RunSpec, archive: bytes
     ) -> tuple[RunResult, oneshot.OutputFile | None]:
         nonce = secrets.token_hex(16)
         stdout = oneshot.CappedBuffer(spec.output_limit)
@@ -213,7 +201,7 @@ class OneShotRuns:
         trailer: oneshot.Trailer | None = None
         timed_out = False
         try:
-            await stream.write_in(f"{nonce}\n".encode())
+            await stream.write_in(f"{nonce} tar\n".encode() + archive)
             started = time.monotonic()
             done, _ = await asyncio.wait({reader}, timeout=spec.timeout)
             duration = time.monotonic() - started
