@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.ledger import Workload
 from herder.runtime import DockerRuntime
 from herder.settings import STREAM_CONNECTIONS, Settings

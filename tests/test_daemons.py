@@ -13,7 +13,7 @@ import aiodocker
 import aiohttp
 import pytest
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.settings import Settings
 from herder.signing import instance_id
 

@@ -25,7 +25,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from sqlalchemy import select
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.ledger import Workload
 from herder.settings import Settings
