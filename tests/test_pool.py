@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from herder.app import create_app
 from herder.pool import LABEL_POOL
 from herder.settings import Settings
-from herder.signing import load_keypair
+from herder.signing import instance_id, load_keypair
 from herder.tokens import TokenService
 
 from .conftest import auth, docker_ps, eventually, make_settings
@@ -36,7 +36,7 @@ class Pooled:
 
     @property
     def instance(self) -> str:
-        return (self.settings.data_dir / "instance").read_text().strip()
+        return instance_id(self.settings.data_dir)
 
     async def run(self, script: str) -> dict[str, Any]:
         form = aiohttp.FormData()
@@ -221,7 +221,7 @@ async def test_the_pool_refills_replaces_a_stopped_one_and_goes_at_shutdown(
 
 async def test_start_up_removes_stale_pool_containers(tmp_path: Path, aiohttp_client: Any) -> None:
     settings = make_settings(tmp_path / "stale", minion_pool="python=1")
-    instance = (settings.data_dir / "instance").read_text().strip()
+    instance = instance_id(settings.data_dir)
     stale = _docker(
         "create",
         "--label", "herder.managed=1", "--label", "herder.kind=minion",

@@ -19,8 +19,8 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Protocol
 
 import aiodocker
 import aiohttp
@@ -31,9 +31,6 @@ from ..errors import ImageNotFound
 from . import oneshot
 from .base import RunResult, RunSpec, RuntimeUnavailable
 from .tarball import files_tar
-
-if TYPE_CHECKING:
-    from .docker import DockerRuntime
 
 log = logging.getLogger("herder.runtime")
 
@@ -47,10 +44,27 @@ _COMMAND_TTL = 30.0
 _EngineErrors = (aiodocker.DockerError, aiohttp.ClientError, OSError)
 
 
-class OneShotRuns:
-    """The run verbs of `DockerRuntime` (which delegates to this)."""
+class Engine(Protocol):
+    """What the runs need of `DockerRuntime` (which delegates its run verbs here)."""
 
-    def __init__(self, runtime: DockerRuntime) -> None:
+    docker: aiodocker.Docker  # short calls
+    runs: aiodocker.Docker  # the attach streams and waits of runs
+
+    def _cleanup(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]: ...
+
+    def _tracked(self, future: asyncio.Future[None]) -> asyncio.Future[None]: ...
+
+    async def ensure_network(self, name: str) -> None: ...
+
+    async def _start(self, container: DockerContainer, network: str | None) -> None: ...
+
+    async def remove(self, ref: str) -> None: ...
+
+
+class OneShotRuns:
+    """The run verbs of `DockerRuntime`."""
+
+    def __init__(self, runtime: Engine) -> None:
         self.rt = runtime
         self._commands: dict[str, tuple[float, list[str], list[str]]] = {}
 
@@ -132,7 +146,8 @@ class OneShotRuns:
     async def run(self, spec: RunSpec, prepared: str | None = None) -> AsyncIterator[RunResult]:
         # Until this run has cleaned up after itself, `close` keeps the clients open.
         running = self.rt._tracked(asyncio.get_running_loop().create_future())
-        container_id: str | None = None
+        # A prepared container is this run's from the start: removed whatever happens.
+        container_id: str | None = prepared
         stream: Stream | None = None
         output: oneshot.OutputFile | None = None
         try:
@@ -142,14 +157,11 @@ class OneShotRuns:
                 stream = oneshot.attach_stream(self.rt.runs, prepared)
                 try:
                     await stream.__aenter__()
-                    container_id, pooled = prepared, True
+                    pooled = True
                 except _EngineErrors:
                     log.info("prepared minion container %s was not waiting: a new one", prepared)
                     self.rt._cleanup(self._discard(prepared, stream))
-                    stream = None
-                except BaseException:
-                    await asyncio.shield(self.rt._cleanup(self._discard(prepared, stream)))
-                    raise
+                    container_id, stream = None, None
             try:
                 if container_id is None:
                     container_id = (await self._create_started(spec)).id
