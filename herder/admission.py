@@ -50,6 +50,22 @@ class Admission:
         ahead = self.waiting + self.running
         return max(1, math.ceil(self._mean_hold * ahead / self.limit))
 
+    def check(self) -> None:
+        """`QueueFull` now if a run arriving now would be refused (so a
+        request's body need not be read first)."""
+        if self.running >= self.limit and len(self._waiters) >= self.queue:
+            self.rejected += 1
+            raise self._full()
+
+    def _full(self) -> QueueFull:
+        seconds = self.retry_after()
+        return QueueFull(
+            f"too many minion runs at once ({self.running} running, "
+            f"{self.waiting} waiting); try again in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+            retry_after=seconds,
+        )
+
     async def acquire(self) -> float:
         """Wait for a slot; the seconds waited. `QueueFull` at once when the
         queue is full; a cancelled wait leaves the queue."""
@@ -59,13 +75,7 @@ class Admission:
             return 0.0
         if len(self._waiters) >= self.queue:
             self.rejected += 1
-            seconds = self.retry_after()
-            raise QueueFull(
-                f"too many minion runs at once ({self.running} running, "
-                f"{self.waiting} waiting); try again in {seconds} s",
-                headers={"Retry-After": str(seconds)},
-                retry_after=seconds,
-            )
+            raise self._full()
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         started = time.monotonic()

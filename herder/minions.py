@@ -246,6 +246,15 @@ class MinionService:
             "Pool": self.pool.figures(),
         }
 
+    def check_admission(self) -> None:
+        """429 (`QueueFull`) at once when the queue is full now: called
+        before the request's body is read."""
+        try:
+            self.admission.check()
+        except QueueFull:
+            self.metrics.minion_rejected()
+            raise
+
     async def spawn(self, claims: Claims, request: SpawnRequest) -> MinionRun:
         """`session`, with the output file read into `result.output`."""
         async with self.session(claims, request) as run:

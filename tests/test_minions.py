@@ -129,7 +129,9 @@ def test_run_config_carries_every_limit() -> None:
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
     assert host["ReadonlyRootfs"] is True
     (workdir,) = host["Mounts"]
-    assert workdir["Target"] == "/minion" and workdir["Type"] == "volume" and "Source" not in workdir
+    assert (
+        workdir["Target"] == "/minion" and workdir["Type"] == "volume" and "Source" not in workdir
+    )
     options = workdir["VolumeOptions"]["DriverConfig"]["Options"]
     assert options["type"] == "tmpfs" and f"size={spec.disk_bytes}," in options["o"]
     assert config["Cmd"] == ["sh", "/minion/main.sh"] and config["Entrypoint"][:2] == ["sh", "-c"]

@@ -75,8 +75,10 @@ routes = web.RouteTableDef()
 async def spawn(request: web.Request) -> web.StreamResponse:
     claims = await require_claims(request)
     settings = request.app[keys.SETTINGS]
+    minions = request.app[keys.MINIONS]
+    minions.check_admission()  # a full queue refuses before the body is read
     spawn_request = await read_spawn_request(request, settings.max_body_bytes)
-    async with request.app[keys.MINIONS].session(claims, spawn_request) as run:
+    async with minions.session(claims, spawn_request) as run:
         result = run.result
         headers = {
             "X-Minion-Exit-Code": str(result.exit_code),

@@ -50,7 +50,9 @@ _NOT_REGULAR = (
 # up (waiting on stdin again) so the output file can be copied out of the
 # workdir, a tmpfs that goes with the container.
 WRAPPER = r"""read -r herder_nonce herder_files || exit 0
-if [ "$herder_files" = tar ]; then tar -x -f -; fi
+if [ "$herder_files" = tar ]; then
+  tar -x -f - || echo "[herder: the files could not be unpacked: the image needs tar]" >&2
+fi
 "$@" </dev/null
 herder_rc=$?
 kill -9 -1 2>/dev/null
