@@ -45,8 +45,9 @@ _NOT_REGULAR = (
 # cheaper than the engine's archive API, which starts a helper process of
 # the engine for every copy); then it runs the image's
 # command with no stdin, kills whatever the command left running, and writes
-# the nonce to stdout and a last stderr line marked with it: the exit code, the
-# container's OOM kills so far and the KiB left free in the workdir. It stays
+# the nonce to stdout and a last stderr line marked with it: the exit code,
+# the container's OOM kills so far (looked up when the code is not 0) and
+# the KiB left free in the workdir (one `df`, the only fork). It stays
 # up (waiting on stdin again) so the output file can be copied out of the
 # workdir, a tmpfs that goes with the container.
 WRAPPER = r"""read -r herder_nonce herder_files || exit 0
@@ -57,14 +58,17 @@ fi
 herder_rc=$?
 kill -9 -1 2>/dev/null
 herder_oom=0
-for herder_f in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do
-  if [ -r "$herder_f" ]; then
-    while read -r herder_k herder_v; do
-      if [ "$herder_k" = oom_kill ]; then herder_oom=$herder_v; fi
-    done < "$herder_f"
-  fi
-done
-herder_free=$(df -Pk "$PWD" 2>/dev/null | { read -r _; read -r _ _ _ herder_a _; echo "$herder_a"; })
+if [ "$herder_rc" -ne 0 ]; then
+  for herder_f in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do
+    if [ -r "$herder_f" ]; then
+      while read -r herder_k herder_v; do
+        if [ "$herder_k" = oom_kill ]; then herder_oom=$herder_v; fi
+      done < "$herder_f"
+    fi
+  done
+fi
+set -- $(df -Pk . 2>/dev/null)
+herder_free=${11:--1}
 printf '%s' "$herder_nonce"
 printf '\n%s %s %s %s\n' "$herder_nonce" "$herder_rc" "$herder_oom" "${herder_free:--1}" >&2
 read -r herder_nonce
