@@ -198,9 +198,6 @@ async def exec_group(request: web.Request) -> web.Response:
     return web.json_response(results)
 
 
-routes = web.RouteTableDef()
-
-
 @routes.post("/daemon/v1/spawn")
 async def spawn(request: web.Request) -> web.Response:
     claims = await require_claims(request)
