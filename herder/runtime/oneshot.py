@@ -167,7 +167,7 @@ class StreamTail:
         if trailer:
             mark = rb"\n" + mark + rb" (\d{1,3}) (\d{1,12}) (-?\d{1,20})\n"
         self._pattern = re.compile(mark + rb"\Z")
-        self._keep = len(nonce) + 40
+        self._keep = len(nonce) + 96
         self._pending = b""
         self.ended: re.Match[bytes] | None = None
 
