@@ -45,7 +45,7 @@ async def golem_connect(request: web.Request) -> web.WebSocketResponse:
     relay = request.app[keys.RELAY]
     webstrate = check_webstrate(request.match_info["webstrate"])
     ws = relay_socket()
-    peer = Peer(request, ws, f"golem {webstrate}")
+    peer = Peer(ws, f"golem {webstrate}", request.transport)
     session = relay.claim_golem(webstrate, peer)  # 409 before the upgrade
     peer.on_abort = lambda: relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
     with relay.tracking(ws), request.app[keys.METRICS].websocket("golem"):
@@ -76,7 +76,7 @@ async def minion_connect(request: web.Request) -> web.WebSocketResponse:
         request.app[keys.METRICS].websocket("minion"),
     ):
         await ws.prepare(request)
-        peer = Peer(request, ws, f"minion of {webstrate}")
+        peer = Peer(ws, f"minion of {webstrate}", request.transport)
         peer.start()
         minion = MinionSession(uuid.uuid4().hex, minion_type, peer)
         golem: GolemSession | None = None
@@ -130,7 +130,7 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
     ws = relay_socket()
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade")
-    channel = Peer(request, ws, f"channel to minion {minion.id}")
+    channel = Peer(ws, f"channel to minion {minion.id}", request.transport)
     channel.on_abort = functools.partial(minion.detach, channel)
     # The minion hears of the channel, and its early frames move to it, only
     # once the upgrade succeeded: a failed one leaves them where they were.

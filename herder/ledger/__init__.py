@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -253,7 +252,3 @@ def _probe_sqlite_file(path: str | None) -> None:
     uri = f"file:{urllib.parse.quote(path)}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=2)) as db:
         db.execute("SELECT version_num FROM alembic_version").fetchall()
-
-
-def now_seconds() -> int:
-    return int(time.time())
