@@ -17,6 +17,8 @@ from aiohttp import web
 from . import (
     appkeys,
     attach,
+    console,
+    credits,
     daemon_exec,
     daemons,
     eventlog,
@@ -28,6 +30,7 @@ from . import (
     node,
     proxy,
     relay,
+    tickets,
     tokens,
 )
 from .errors import HerderError, NotFound, PayloadTooLarge
@@ -191,6 +194,7 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = metrics.Metrics()
     app[appkeys.STREAMS] = StreamLimits(settings.streams_per_subject, settings.streams_total)
+    app[appkeys.TICKETS] = tickets.AttachTickets()
     app.on_response_prepare.append(_send_request_id)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_runtime)
@@ -217,6 +221,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(golems.routes)
     app.router.add_routes(proxy.routes)
     app.router.add_routes(attach.routes)
+    app.router.add_routes(tickets.routes)
+    app.router.add_routes(credits.routes)
+    app.router.add_routes(console.routes)
     return app
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
     from .settings import Settings
     from .streams import StreamLimits
+    from .tickets import AttachTickets
     from .tokens import TokenService
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -38,3 +39,4 @@ RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
 UPSTREAMS: web.AppKey[Upstreams] = web.AppKey("upstreams")
 ATTACH: web.AppKey[AttachHub] = web.AppKey("attach")
 STREAMS: web.AppKey[StreamLimits] = web.AppKey("streams")
+TICKETS: web.AppKey[AttachTickets] = web.AppKey("tickets")

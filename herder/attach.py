@@ -39,7 +39,7 @@ from .inputs import plain_int
 from .keyedlocks import KeyedLocks
 from .proxy import find_daemon
 from .runtime.base import Attachment, OutputChunk, Runtime
-from .tokens import require_claims
+from .tickets import attach_claims, check_ticket_daemon
 
 log = logging.getLogger("herder.attach")
 
@@ -249,8 +249,9 @@ routes = web.RouteTableDef()
 
 @routes.get("/daemon/v1/attach/{name}")
 async def attach(request: web.Request) -> web.StreamResponse:
-    claims = await require_claims(request)
+    claims, bound = await attach_claims(request)
     daemon = await find_daemon(request.app, request.match_info["name"], claims.sub)
+    check_ticket_daemon(bound, daemon.container_name)
     tail = _tail(request.query.get("tail"))
     binary = _flag("binary", request.query.get("binary"))
     with request.app[appkeys.STREAMS].hold(claims.sub):

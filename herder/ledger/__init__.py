@@ -224,6 +224,36 @@ class Ledger(WorkloadRegistry):
             ).scalar_one_or_none()
         return None if value is None else int(value)
 
+    async def recent_charges(self, subject: str, limit: int) -> list[Charge]:
+        """The subject's last `limit` charge rows, newest first (a running
+        workload's row grows with every metering tick)."""
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(Charge.__table__)
+                    .where(Charge.subject == subject)
+                    .order_by(Charge.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [Charge(**row._mapping) for row in rows]
+
+    async def running_metered(self, subject: str) -> list[Workload]:
+        """The subject's open metered runs, on every instance sharing this ledger."""
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(Workload.__table__)
+                    .where(
+                        Workload.subject == subject,
+                        Workload.state == "running",
+                        Workload.metered.is_(True),
+                    )
+                    .order_by(Workload.id)
+                )
+            ).all()
+        return [Workload(**row._mapping) for row in rows]
+
     # -- revocations ---------------------------------------------------------
 
     async def revoke(self, jti: str) -> bool:
