@@ -89,8 +89,9 @@
     $("api-meta").textContent = "OpenAPI " + doc.openapi + " · server " + (doc.servers || []).map((s) => s.url).join(", ");
     const byTag = new Map();
     for (const [path, item] of Object.entries(doc.paths)) {
-      const methods = Object.keys(item);
-      const any = methods.length >= 7;
+      // HEAD beside GET is the GET without a body: not shown twice.
+      const methods = Object.keys(item).filter((m) => !(m === "head" && item.get));
+      const any = methods.length >= 6;
       for (const method of any ? [methods[0]] : methods) {
         const op = item[method];
         const tag = (op.tags || ["other"])[0];
