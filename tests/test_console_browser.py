@@ -186,6 +186,15 @@ class Page:
             self.driver.save_screenshot(str(ARTIFACTS / f"failed-{secrets.token_hex(2)}.png"))
             raise AssertionError(f"{message}; page error: {self.text('error-text')!r}") from None
 
+    def click(self, css: str) -> None:
+        """Click what `css` finds, found afresh (lists are redrawn as they refresh)."""
+
+        def attempt() -> bool:
+            self.find(css).click()
+            return True
+
+        self.until(attempt, f"cannot click {css}")
+
     def find(self, css: str) -> WebElement:
         return self.driver.find_element(By.CSS_SELECTOR, css)
 
@@ -242,13 +251,16 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     form.find_element(By.NAME, "files").send_keys(str(index))
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     page.until(lambda: "Spawned web-" in page.text("spawn-result"), "the spawn did not answer")
-    row = page.until(lambda: page.find('#daemons-table tr[data-name="web"]'), "web is not listed")
-    cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+    web = '#daemons-table tr[data-name="web"]'
+    cells = page.until(
+        lambda: [c.text for c in page.find(web).find_elements(By.TAG_NAME, "td")],
+        "web is not listed",
+    )
     assert cells[1] == "running" and cells[2] == WEB_IMAGE and cells[3] == "site", cells
     assert cells[5], "no node shown"
 
     # -- its logs, followed: earlier output, then what it writes later
-    row.find_element(By.CSS_SELECTOR, "button.logs").click()
+    page.click(f"{web} button.logs")
     page.until(lambda: "daemon ready" in page.text("logs"), "the logs did not show")
     herder.call(
         "POST",
@@ -260,10 +272,12 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.shot("daemons")
 
     # -- its proxied page, in a tab of its own
-    link = row.find_element(By.CSS_SELECTOR, "a.port")
-    assert link.get_attribute("rel") == "noopener noreferrer"
+    page.until(
+        lambda: page.find(f"{web} a.port").get_attribute("rel") == "noopener noreferrer",
+        "the proxied page would open with an opener",
+    )
     console_tab = browser.current_window_handle
-    link.click()
+    page.click(f"{web} a.port")
     page.until(lambda: len(browser.window_handles) == 2, "the proxied page did not open")
     browser.switch_to.window([h for h in browser.window_handles if h != console_tab][0])
     page.until(
@@ -276,7 +290,7 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     browser.switch_to.window(console_tab)
 
     # -- the terminal: type, and read the daemon's echo (local echo off)
-    row.find_element(By.CSS_SELECTOR, "a.terminal").click()
+    page.click(f"{web} a.terminal")
     page.until(lambda: page.visible("#page-terminal"), "the terminal page did not show")
     page.until(
         lambda: page.text("term-status") == "connected to web", "the terminal did not connect"
@@ -330,8 +344,7 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
 
     # -- kill it (and wipe), with a confirmation
     page.go("daemons", "daemons")
-    row = page.until(lambda: page.find('#daemons-table tr[data-name="web"]'), "web is gone")
-    row.find_element(By.CSS_SELECTOR, "button.wipe").click()
+    page.click(f"{web} button.wipe")
     dialog = page.until(lambda: page.visible("#confirm"), "no confirmation")
     assert "delete its data" in dialog.text
     page.find("#confirm-ok").click()
