@@ -39,11 +39,12 @@ from herder.signing import load_keypair
 from herder.tokens import TokenService
 
 from .conftest import make_settings
-from .images import build_on_busybox, ensure_busybox_image
+from .images import BUSYBOX_IMAGE, build_on_busybox, ensure_busybox_image
 
 ROOT = Path(__file__).resolve().parent.parent
 HERDER = [sys.executable, "-m", "herder"]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
+DOWNLOADS = ARTIFACTS / "downloads"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # A daemon serving /minion on port 80 and echoing its stdin to its stdout.
@@ -80,6 +81,7 @@ class Herder:
             HERDER_PUBLIC_URL=self.url,
             HERDER_DAEMON_BIND_ADDRESS="127.0.0.1",
             HERDER_WEBSTRATES_URL="http://127.0.0.1:9",
+            HERDER_GOLEM_IMAGE=BUSYBOX_IMAGE,  # a stand-in: the page only lists and controls it
         )
         with open(self.log, "wb") as log_file:
             self.proc = subprocess.Popen(
@@ -156,6 +158,12 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    shutil.rmtree(DOWNLOADS, ignore_errors=True)
+    DOWNLOADS.mkdir(parents=True)
+    options.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(DOWNLOADS), "download.prompt_for_download": False},
+    )
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT)
     try:
@@ -318,6 +326,17 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.until(lambda: page.text("minion-stdout") == "42", "the minion's stdout did not show")
     assert page.text("minion-exit") == "0" and page.text("minion-stderr") == "to stderr"
     assert float(page.text("minion-duration")) > 0
+    # ... and one that hands back an output file, to download
+    code.clear()
+    code.send_keys("open('result.txt', 'w').write('made by a minion')\n")
+    page.find("#minion-output").send_keys("result.txt")
+    page.find("#minion-run").click()
+    link = page.until(lambda: page.visible("#minion-download"), "no download link")
+    assert link.text == "download result.txt (16 bytes)" and link.get_attribute("download")
+    link.click()
+    downloaded = DOWNLOADS / "result.txt"
+    page.until(lambda: downloaded.is_file() and downloaded.read_text(), "nothing was downloaded")
+    assert downloaded.read_text() == "made by a minion"
     page.shot("minions")
 
     # -- the balance falls while the daemon runs
@@ -337,7 +356,18 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     # -- golems and node pages show
     page.go("golems", "golems")
     page.until(lambda: page.visible("#golems-empty"), "the golem list did not load")
+    page.find("#golem-form input[name=webstrate]").send_keys("console-ws")
+    page.find("#golem-form button[type=submit]").click()
+    golem = '#golems-table tr[data-webstrate="console-ws"]'
+    page.until(lambda: page.find(f"{golem} a").get_attribute("href") ==
+               "http://127.0.0.1:9/console-ws", "the golem is not listed with its link")  # fmt: skip
+    assert page.find(f"{golem} .connected").text == "not connected"
     page.shot("golems")
+    page.click(f"{golem} button:not(.danger)")  # reset
+    page.click(f"{golem} button.danger")  # kill
+    page.until(lambda: page.visible("#confirm"), "no confirmation")
+    page.find("#confirm-ok").click()
+    page.until(lambda: page.visible("#golems-empty"), "the golem is still listed")
     page.go("node", "node")
     page.until(lambda: "CPU Count" in page.text("node-table"), "no node specs")
     page.shot("node")
