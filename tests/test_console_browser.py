@@ -248,11 +248,20 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.until(lambda: page.text("who-email") == email, "the subject is not shown")
     assert token not in browser.current_url
 
+    # -- an API error is a readable message: a spawn of an image that is not here
+    form = page.find("#spawn-form")
+    form.find_element(By.NAME, "name").send_keys("web")
+    form.find_element(By.NAME, "image").send_keys("no/such-image:1")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    page.until(lambda: page.visible("#error"), "no error shown")
+    assert "no/such-image:1" in page.text("error-text")
+    assert page.text("spawn-result").startswith("Spawn failed: ")
+    page.find("#error-close").click()
+
     # -- spawn a daemon from the form, with an uploaded file
     index = tmp_path / "index.html"
     index.write_text("<h1>served by a console daemon</h1>\n")
-    form = page.find("#spawn-form")
-    form.find_element(By.NAME, "name").send_keys("web")
+    form.find_element(By.NAME, "image").clear()
     form.find_element(By.NAME, "image").send_keys(WEB_IMAGE)
     form.find_element(By.NAME, "ports").send_keys("80")
     form.find_element(By.NAME, "group").send_keys("site")
