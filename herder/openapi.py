@@ -91,6 +91,20 @@ class Op:
 
 Docs = Mapping[str, Mapping[str, Op]]
 
+# Shared by the resources' docs.
+TEXT = "text/plain"
+ANY_BYTES = "application/octet-stream"
+
+UNAUTHORIZED = "missing, invalid, expired or revoked token"
+NO_CREDITS = "the subject has no credits left"
+UNKNOWN_DAEMON = "no such daemon of the caller"
+BAD_INPUT = "malformed input (the message names the problem)"
+TOO_MANY_STREAMS = "too many open log follows and attach sockets (`limit` in the body)"
+
+NAME = Param("name", "the daemon's name (as given to spawn)", where="path")
+GROUP = Param("group", "a daemon group (named like a daemon)")
+WEBSTRATE = Param("webstrate", "webstrate id, `[A-Za-z0-9_-]{1,64}`", where="path")
+
 
 class DocsMismatch(Exception):
     """The route table and the docs disagree (a route without docs, or docs

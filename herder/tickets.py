@@ -4,7 +4,8 @@ goes into a URL.
 A browser's `WebSocket` cannot send an `Authorization` header, and a
 `?token=` in the URL ends up in history, proxies' logs and `Referer`s. So
 the console first asks `POST /daemon/v1/attach-ticket/<name>` with its bearer
-header and opens the socket with `?ticket=<ticket>`: the ticket is random,
+header and opens the socket with `?ticket=<ticket>` (routes in
+`herder/api/attach.py`): the ticket is random,
 good once, for that daemon only, for `TICKET_SECONDS`, and kept in the
 herder's memory (a ticket is redeemed on the herder that issued it). The
 token behind it is checked again when the ticket is used (a token revoked
@@ -18,12 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from aiohttp import web
-
-from . import appkeys
 from .errors import Unauthorized
-from .proxy import find_daemon
-from .tokens import Claims, require_claims, token_from_request
 
 TICKET_SECONDS = 30
 MAX_TICKETS = 10_000
@@ -66,34 +62,3 @@ class AttachTickets:
     @property
     def seconds(self) -> int:
         return int(self._seconds)
-
-
-async def attach_claims(request: web.Request) -> tuple[Claims, str | None]:
-    """The caller of an attach socket: by `?ticket=` when given (then also
-    the container name the ticket is for), else by token."""
-    ticket = request.query.get("ticket")
-    if ticket is None:
-        return await require_claims(request), None
-    token, daemon = request.app[appkeys.TICKETS].redeem(ticket)
-    return await request.app[appkeys.TOKENS].authenticate(token), daemon
-
-
-def check_ticket_daemon(bound: str | None, daemon: str) -> None:
-    if bound is not None and bound != daemon:
-        raise Unauthorized("this attach ticket is for another daemon")
-
-
-routes = web.RouteTableDef()
-
-
-@routes.post("/daemon/v1/attach-ticket/{name}")
-async def attach_ticket(request: web.Request) -> web.Response:
-    claims = await require_claims(request)
-    daemon = await find_daemon(request.app, request.match_info["name"], claims.sub)
-    tickets = request.app[appkeys.TICKETS]
-    token = token_from_request(request)
-    assert token is not None  # require_claims accepted it
-    ticket = tickets.issue(token, daemon.container_name)
-    return web.json_response(
-        {"ticket": ticket, "expires_in": tickets.seconds}, headers={"Cache-Control": "no-store"}
-    )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from herder.progress import BuildReporter, size_text
+from herder.runtime.build_progress import BuildReporter, size_text
 
 ROOT = Path(__file__).resolve().parent.parent
 HERDER = [sys.executable, "-m", "herder"]

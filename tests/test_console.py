@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
-from herder import apidocs
+from herder.api import DOCS
 from herder.app import create_app
 from herder.console import STATIC
 from herder.openapi import DocsMismatch, document, served_operations
@@ -170,12 +170,12 @@ def test_a_route_without_docs_is_refused(settings: Settings) -> None:
 
     app.router.add_get("/undocumented/{x}", extra)
     with pytest.raises(DocsMismatch, match="undocumented"):
-        document(app.router.routes(), apidocs.ALL, version="1", server="http://h")
+        document(app.router.routes(), DOCS, version="1", server="http://h")
     served = served_operations(create_app(settings).router.routes())
     with pytest.raises(DocsMismatch, match="docs without a route"):
         document(
             [r for r in create_app(settings).router.routes() if r.method != "POST"],
-            apidocs.ALL,
+            DOCS,
             version="1",
             server="http://h",
         )

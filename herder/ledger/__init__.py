@@ -31,6 +31,7 @@ from .registry import TickResult, WorkloadRegistry
 __all__ = [
     "Ledger",
     "Balance",
+    "Usage",
     "Account",
     "Charge",
     "Grant",
@@ -50,6 +51,15 @@ class Balance:
     @property
     def remaining(self) -> int:
         return self.granted - self.charged
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the credit meter shows of one subject."""
+
+    balance: Balance
+    running: list[Workload]
+    charges: list[Charge]
 
 
 class Ledger(WorkloadRegistry):
@@ -224,24 +234,17 @@ class Ledger(WorkloadRegistry):
             ).scalar_one_or_none()
         return None if value is None else int(value)
 
-    async def recent_charges(self, subject: str, limit: int) -> list[Charge]:
-        """The subject's last `limit` charge rows, newest first (a running
+    async def usage(self, subject: str, limit: int) -> Usage:
+        """The subject's balance, open metered runs (on every instance sharing
+        this ledger) and last `limit` charge rows, newest first (a running
         workload's row grows with every metering tick)."""
         async with self.read() as conn:
-            rows = (
+            account = (
                 await conn.execute(
-                    select(Charge.__table__)
-                    .where(Charge.subject == subject)
-                    .order_by(Charge.id.desc())
-                    .limit(limit)
+                    select(Account.granted, Account.charged).where(Account.subject == subject)
                 )
-            ).all()
-        return [Charge(**row._mapping) for row in rows]
-
-    async def running_metered(self, subject: str) -> list[Workload]:
-        """The subject's open metered runs, on every instance sharing this ledger."""
-        async with self.read() as conn:
-            rows = (
+            ).one_or_none()
+            running = (
                 await conn.execute(
                     select(Workload.__table__)
                     .where(
@@ -252,7 +255,22 @@ class Ledger(WorkloadRegistry):
                     .order_by(Workload.id)
                 )
             ).all()
-        return [Workload(**row._mapping) for row in rows]
+            charges = (
+                await conn.execute(
+                    select(Charge.__table__)
+                    .where(Charge.subject == subject)
+                    .order_by(Charge.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        balance = Balance(subject, 0, 0)
+        if account is not None:
+            balance = Balance(subject, int(account.granted), int(account.charged))
+        return Usage(
+            balance,
+            [Workload(**row._mapping) for row in running],
+            [Charge(**row._mapping) for row in charges],
+        )
 
     # -- revocations ---------------------------------------------------------
 

@@ -29,9 +29,9 @@ from urllib.parse import urlencode
 import aiodocker
 from aiodocker.exceptions import DockerError
 
-from .bundled import images_dir
-from .progress import BuildReporter
-from .settings import Settings
+from ..bundled import images_dir
+from ..settings import Settings
+from .build_progress import BuildReporter
 
 UPSTREAM_BASE = "debian:bookworm-slim"
 BASE_REPO, BASE_TAG = "herder/base", "bookworm"
