@@ -13,6 +13,12 @@ from collections.abc import AsyncIterator
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..errors import BadRequest
+from ..openapi import (
+    WEBSTRATE,
+    Docs,
+    Op,
+    Param,
+)
 from ..relay import (
     CLOSE_GOLEM_GONE,
     MINION_TYPE_MAX,
@@ -149,3 +155,38 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
             minion.detach(channel)
             await channel.aclose()
     return ws
+
+
+# -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
+
+_WS = {101: "switching to the WebSocket", 400: "bad webstrate id"}
+docs: Docs = {
+    "/golem/v1/connect/{webstrate}": {
+        "GET": Op(
+            "The golem's control socket",
+            "golems",
+            description="Receives `minion-connected` and `minion-disconnected` events.",
+            websocket=True,
+            params=(WEBSTRATE,),
+            responses={**_WS, 409: "a control socket is open already"},
+        )
+    },
+    "/minion/v1/connect/{webstrate}": {
+        "GET": Op(
+            "An ad-hoc minion's socket",
+            "golems",
+            websocket=True,
+            params=(WEBSTRATE, Param("type", "the minion's type")),
+            responses={**_WS, 429: "too many minions on this webstrate"},
+        )
+    },
+    "/golem/v1/connect-to/{webstrate}/{minion}": {
+        "GET": Op(
+            "The golem's data channel to one minion",
+            "golems",
+            websocket=True,
+            params=(WEBSTRATE, Param("minion", "the minion's id", where="path")),
+            responses={**_WS, 404: "unknown minion", 409: "a channel is open already"},
+        )
+    },
+}
