@@ -1,9 +1,10 @@
 """The ledger: grants, charges, revocations, balances and the workload registry.
 
 Every database access of the herder goes through `Ledger`. A subject's
-balance is `accounts.granted - accounts.charged`; both columns move in the
-same transaction as the grant or charge rows they sum, so the balance always
-equals grants minus charges.
+balance is `accounts.granted - accounts.charged` minus what its running runs
+have accrued since their charge rows were written (see `registry`); both
+columns move in the same transaction as the grant or charge rows they sum,
+so the balance always equals grants minus charges.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from alembic.util import CommandError
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import migrate
 from .engine import make_engines
 from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
-from .registry import TickResult, WorkloadRegistry
+from .registry import TickResult, WorkloadRegistry, accrual
 
 __all__ = [
     "Ledger",
@@ -168,13 +169,21 @@ class Ledger(WorkloadRegistry):
                 )
             )
             await self._move_account(conn, subject, charged=credits)
+            # Less left than its `check_at` assumed: the next tick looks at it.
+            await conn.execute(
+                update(Account)
+                .where(Account.subject == subject, Account.check_at > 0)
+                .values(check_at=0)
+            )
             return await self._remaining(conn, subject)
 
     @staticmethod
     async def _remaining(conn: AsyncConnection, subject: str) -> int:
         row = (
             await conn.execute(
-                select(Account.granted - Account.charged).where(Account.subject == subject)
+                select(Account.granted - Account.charged - accrual(Account.subject)).where(
+                    Account.subject == subject
+                )
             )
         ).scalar_one_or_none()
         return int(row or 0)
@@ -183,7 +192,10 @@ class Ledger(WorkloadRegistry):
         async with self.read() as conn:
             row = (
                 await conn.execute(
-                    select(Account.granted, Account.charged).where(Account.subject == subject)
+                    select(
+                        Account.granted,
+                        (Account.charged + accrual(Account.subject)).label("charged"),
+                    ).where(Account.subject == subject)
                 )
             ).one_or_none()
         if row is None:
@@ -207,13 +219,14 @@ class Ledger(WorkloadRegistry):
                     )
                 )
             ).scalar_one()
+            charged += (await conn.execute(select(accrual(subject)))).scalar_one()
         return Balance(subject, int(granted), int(charged))
 
     async def total_charged(self) -> int:
         """Credits charged to all subjects so far (for /metrics)."""
         async with self.read() as conn:
             total = (
-                await conn.execute(select(func.coalesce(func.sum(Account.charged), 0)))
+                await conn.execute(select(func.coalesce(func.sum(Account.charged), 0) + accrual()))
             ).scalar_one()
         return int(total)
 
