@@ -103,16 +103,22 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _minions(app: web.Application) -> AsyncIterator[None]:
-    """The minion service. Minions a crash left behind are removed at start by
-    the reconciler (`herder.reconcile`), with every unknown container."""
-    app[keys.MINIONS] = MinionService(
+    """The minion service and its warm pool (filled in the background; its
+    waiting containers removed at shutdown). Minions a crash left behind are
+    removed at start by the reconciler (`herder.reconcile`), with every
+    unknown container, and stale pool containers by the pool."""
+    minions = MinionService(
         app[keys.SETTINGS],
         app[keys.LEDGER],
         app[keys.RUNTIME],
         app[keys.INSTANCE],
         app[keys.METRICS],
     )
+    app[keys.MINIONS] = minions
+    app[keys.METRICS].watch_minions(minions.figures)
+    await minions.pool.start()
     yield
+    await minions.pool.close()
 
 
 async def _daemons(app: web.Application) -> AsyncIterator[None]:

@@ -15,7 +15,8 @@ routes = web.RouteTableDef()
 async def metrics_route(request: web.Request) -> web.Response:
     app = request.app
     runtime, instance = app[keys.RUNTIME], app[keys.INSTANCE]
+    idle = app[keys.MINIONS].pool.is_waiting  # warm containers are not running workloads
     body = await app[keys.METRICS].scrape(
-        lambda: running_counts(runtime, instance), app[keys.LEDGER].total_charged
+        lambda: running_counts(runtime, instance, idle), app[keys.LEDGER].total_charged
     )
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -99,7 +99,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = response.status
     except HerderError as exc:
         status = exc.status
-        response = web.json_response(exc.payload(), status=exc.status)
+        response = web.json_response(exc.payload(), status=exc.status, headers=exc.headers)
     except web.HTTPRequestEntityTooLarge:
         status = 413
         response = web.json_response({"error": PayloadTooLarge.message}, status=413)

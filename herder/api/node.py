@@ -13,5 +13,12 @@ routes = web.RouteTableDef()
 @routes.get("/node/v1/specs")
 async def specs_route(request: web.Request) -> web.Response:
     app = request.app
-    document = await specs(app[keys.RUNTIME], app[keys.INSTANCE], app[keys.SETTINGS].data_dir)
+    minions = app[keys.MINIONS]
+    document = await specs(
+        app[keys.RUNTIME],
+        app[keys.INSTANCE],
+        app[keys.SETTINGS].data_dir,
+        minions.figures(),
+        minions.pool.is_waiting,
+    )
     return web.json_response(document)
