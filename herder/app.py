@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .api import ROUTES, keys
+from .api import DOCS, ROUTES, keys
 from .api.middleware import request_middleware, send_request_id
 from .attach import AttachHub
 from .container_events import follow_events
@@ -34,6 +34,7 @@ from .settings import Settings
 from .signing import instance_id, load_keypair
 from .stream_limits import StreamLimits
 from .tasks import owned_task
+from .tickets import AttachTickets
 from .tokens import TokenService
 
 log = logging.getLogger("herder")
@@ -47,6 +48,8 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = Metrics()
     app[keys.STREAMS] = StreamLimits(settings.streams_per_subject, settings.streams_total)
+    app[keys.TICKETS] = AttachTickets()
+    app[keys.API_DOCS] = DOCS
     app.on_response_prepare.append(send_request_id)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_runtime)

@@ -269,10 +269,6 @@ class Settings:
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "herder.db"
-
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]

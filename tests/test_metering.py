@@ -61,6 +61,17 @@ async def test_tick_charges_each_second_once(ledger: Ledger) -> None:
         assert await ledger.balance(subject) == await ledger.audit(subject)
 
 
+async def test_usage_shows_what_running_runs_have_accrued(ledger: Ledger) -> None:
+    await ledger.grant_once("a@x", "g1", 100)
+    run = await _register(ledger, "a@x", "one")
+    await ledger.meter_tick("i1", T0 + 1, rate=1)
+    await ledger.meter_tick("i1", T0 + 4, rate=1)
+    usage = await ledger.usage("a@x", 10)
+    assert usage.balance == await ledger.balance("a@x") and usage.balance.remaining == 96
+    assert [(c.id, c.seconds, c.credits) for c in usage.charges] == [(run.charge_id, 4, 4)]
+    assert [w.container_id for w in usage.running] == ["cid-one"]
+
+
 async def test_registry_row_is_the_contract(ledger: Ledger) -> None:
     await ledger.grant_once("a@x", "g1", 100)
     await _register(ledger, "a@x", "web")

@@ -6,6 +6,12 @@ from aiohttp import web
 
 from ..metrics import CONTENT_TYPE
 from ..node import running_counts
+from ..openapi import (
+    STR,
+    TEXT,
+    Docs,
+    Op,
+)
 from . import keys
 
 routes = web.RouteTableDef()
@@ -20,3 +26,16 @@ async def metrics_route(request: web.Request) -> web.Response:
         lambda: running_counts(runtime, instance, idle), app[keys.LEDGER].total_charged
     )
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+# -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
+
+docs: Docs = {
+    "/metrics": {
+        "GET": Op(
+            "Prometheus metrics",
+            "operations",
+            responses={200: ("Prometheus text exposition", STR, TEXT)},
+        )
+    }
+}

@@ -17,6 +17,20 @@ from ..minions import (
     check_files,
     mime_type,
 )
+from ..openapi import (
+    ANY_BYTES,
+    BOOL,
+    INT,
+    NO_CREDITS,
+    NUM,
+    STR,
+    UNAUTHORIZED,
+    Body,
+    Docs,
+    Op,
+    arr,
+    obj,
+)
 from ..runtime import RuntimeUnavailable
 from ..runtime.base import OutputStream
 from . import keys
@@ -125,3 +139,65 @@ async def _send_file(
 async def envs(request: web.Request) -> web.Response:
     """The environments and their images, and whether each image is built here."""
     return web.json_response({"envs": await request.app[keys.MINIONS].envs()})
+
+
+# -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
+
+_MINION_FORM = obj(["env"], env=STR, output=STR)
+_MINION_FORM["additionalProperties"] = {"type": "string", "contentMediaType": ANY_BYTES}
+docs: Docs = {
+    "/minion/v1/spawn": {
+        "POST": Op(
+            "Run a minion",
+            "minions",
+            description="Runs `sh /minion/main.sh` in the env's image once; every field "
+            "but `env` and `output` is a file in `/minion/<field>`. With `output`, the "
+            "answer is that file's bytes (MIME type from its extension).",
+            auth="token",
+            body=Body(
+                "env, optional output file name, files by field name",
+                {
+                    "multipart/form-data": _MINION_FORM,
+                    "application/x-www-form-urlencoded": _MINION_FORM,
+                },
+            ),
+            responses={
+                200: (
+                    "the run",
+                    obj(
+                        ["StdOut", "StdErr", "ExitCode", "Duration"],
+                        StdOut=STR,
+                        StdErr=STR,
+                        ExitCode=INT,
+                        Duration=NUM,
+                        OOMKilled=BOOL,
+                    ),
+                ),
+                400: "unknown env (lists them) or bad file name",
+                401: UNAUTHORIZED,
+                402: NO_CREDITS,
+                404: "image missing",
+                429: "too many minions running and queued (`Retry-After` says when to retry)",
+                413: "body too large",
+                504: ("timeout, with the partial output", obj(error=STR, StdOut=STR, StdErr=STR)),
+            },
+        )
+    },
+    "/minion/v1/envs": {
+        "GET": Op(
+            "The environments and their images",
+            "minions",
+            responses={
+                200: (
+                    "the envs",
+                    obj(
+                        ["envs"],
+                        envs=arr(
+                            obj(["name", "image", "available"], name=STR, image=STR, available=BOOL)
+                        ),
+                    ),
+                )
+            },
+        )
+    },
+}

@@ -617,27 +617,40 @@ class WorkloadRegistry:
 
     async def charge_of(self, charge_id: int) -> tuple[int, int]:
         """(seconds, credits) of one charge row, with its run's accrual while it runs."""
-        accrued = (
-            select(
-                MeterPosition.seconds - Workload.base_seconds,
-                MeterPosition.credits - Workload.base_credits,
-            )
-            .select_from(Workload)
-            .join(MeterPosition, MeterPosition.instance == Workload.instance)
-            .where(
-                Workload.charge_id == charge_id,
-                Workload.state == RUNNING,
-                Workload.base_seconds.is_not(None),
-            )
-        )
         async with self.read() as conn:
             row = (
                 await conn.execute(
                     select(Charge.seconds, Charge.credits).where(Charge.id == charge_id)
                 )
             ).one()
-            extra = (await conn.execute(accrued)).first()
-        seconds, credits = int(row.seconds), int(row.credits)
-        if extra is not None:
-            seconds, credits = seconds + int(extra[0]), credits + int(extra[1])
-        return seconds, credits
+            accrued = await self._accrued_charges(conn, [charge_id])
+        seconds, credits = accrued.get(charge_id, (0, 0))
+        return int(row.seconds) + seconds, int(row.credits) + credits
+
+    @staticmethod
+    async def _accrued_charges(
+        conn: AsyncConnection, charge_ids: Sequence[int]
+    ) -> dict[int, tuple[int, int]]:
+        """(seconds, credits) the running runs of these charge rows have accrued
+        since the rows were written (rows of closed runs are complete)."""
+        accrued: dict[int, tuple[int, int]] = {}
+        ids = list(charge_ids)
+        for start in range(0, len(ids), 500):
+            rows = await conn.execute(
+                select(
+                    Workload.charge_id,
+                    MeterPosition.seconds - Workload.base_seconds,
+                    MeterPosition.credits - Workload.base_credits,
+                )
+                .select_from(Workload)
+                .join(MeterPosition, MeterPosition.instance == Workload.instance)
+                .where(
+                    Workload.charge_id.in_(ids[start : start + 500]),
+                    Workload.state == RUNNING,
+                    Workload.base_seconds.is_not(None),
+                )
+            )
+            for charge_id, seconds, credits in rows:
+                if charge_id is not None:
+                    accrued[charge_id] = (int(seconds), int(credits))
+        return accrued
