@@ -256,6 +256,9 @@ class Settings:
         maximum=STREAM_CONNECTIONS - 10,
     )
     log_format: str = _setting("text", _parse_str, "text or json")
+    uvloop: bool = _setting(
+        True, _parse_bool, "serve on uvloop's event loop when it is installed (it is a dependency)"
+    )
 
     def __repr__(self) -> str:
         parts = []
