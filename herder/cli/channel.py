@@ -17,10 +17,6 @@ import os
 import sys
 from typing import Any
 
-from redis import exceptions as redis_errors
-from redis.asyncio import Redis
-
-from ..channels import client as channels
 from ..errors import SettingsError
 from ..settings import CHANNEL_PREFIX_PATTERN, check_redis_url
 from .client import ClientError, read_uploads
@@ -70,6 +66,10 @@ def add_commands(commands: Any) -> None:
 
 
 def _payload(args: argparse.Namespace, token: str | None) -> dict[str, Any]:
+    # Imported here: every `herder` command loads this module (`herder ping`
+    # is the image's health check and needs no Redis client).
+    from ..channels import client as channels
+
     payload: dict[str, Any] = {"id": args.id or channels.new_request_id()}
     if token:
         payload["token"] = token
@@ -102,6 +102,11 @@ def _payload(args: argparse.Namespace, token: str | None) -> dict[str, Any]:
 
 
 async def _send(url: str, prefix: str, args: argparse.Namespace, payload: dict[str, Any]) -> int:
+    from redis import exceptions as redis_errors
+    from redis.asyncio import Redis
+
+    from ..channels import client as channels
+
     redis = Redis.from_url(url, protocol=2, socket_connect_timeout=5)
     try:
         answer = await channels.call(
