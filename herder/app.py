@@ -35,7 +35,7 @@ from .ledger import Ledger
 from .logfmt import REQUEST_ID
 from .metering import Meter
 from .reconcile import Reconciler
-from .runtime import DockerRuntime
+from .runtime import make_runtime
 from .settings import Settings
 from .signing import instance_id, load_keypair
 from .streams import StreamLimits
@@ -240,7 +240,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
-    runtime = DockerRuntime(app[appkeys.SETTINGS].docker_url)
+    settings = app[appkeys.SETTINGS]
+    runtime = make_runtime(settings.runtime, settings.docker_url)
     app[appkeys.RUNTIME] = runtime
     yield
     await runtime.close()

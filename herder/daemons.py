@@ -26,7 +26,7 @@ from .inputs import parse_json, read_form
 from .keyedlocks import KeyedLocks
 from .ledger import Ledger
 from .metrics import Metrics
-from .runtime import ContainerInfo, Runtime
+from .runtime import ContainerInfo, NodeInfo, Runtime
 from .runtime.base import (
     LABEL_GROUP,
     LABEL_INSTANCE,
@@ -60,7 +60,9 @@ IMAGE_PATTERN = re.compile(
     rf"(?:{_IMAGE_DOMAIN})?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
-RESERVED_FIELDS = frozenset({"name", "image", "ports", "group"})
+RESERVED_FIELDS = frozenset({"name", "image", "ports", "group", "node", "gpus"})
+# GPUs one daemon may reserve.
+MAX_GPUS = 64
 PORTS_EXPECTED = 'ports must be a JSON list of port numbers, e.g. [80, "8080"]'
 
 
@@ -139,6 +141,26 @@ class SpawnRequest:
     ports: tuple[int, ...] = ()
     files: dict[str, bytes] = field(default_factory=dict)
     group: str | None = None
+    node: str | None = None  # a node's hostname or id (placement)
+    gpus: int = 0
+
+
+def parse_gpus(raw: str | None) -> int:
+    if raw is None or not raw.strip():
+        return 0
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_GPUS:
+        raise BadRequest(f"gpus must be a whole number from 0 to {MAX_GPUS}")
+    return int(text)
+
+
+def check_node(raw: str | None) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    text = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", text):
+        raise BadRequest(f"unknown node {text[:100]!r}")
+    return text
 
 
 async def parse_spawn(request: web.Request) -> SpawnRequest:
@@ -173,6 +195,8 @@ async def parse_spawn(request: web.Request) -> SpawnRequest:
         ports=parse_ports(values.get("ports")),
         files=files,
         group=check_group(values["group"].strip()) if values.get("group", "").strip() else None,
+        node=check_node(values.get("node")),
+        gpus=parse_gpus(values.get("gpus")),
     )
 
 
@@ -190,9 +214,13 @@ class Spawned:
     name: str
     address: str
     ports: dict[str, int]
+    node: NodeInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"Name": self.name, "Address": self.address, "Ports": self.ports}
+        reply: dict[str, Any] = {"Name": self.name, "Address": self.address, "Ports": self.ports}
+        if self.node is not None:
+            reply["Node"] = self.node.reference()
+        return reply
 
 
 class DaemonService:
@@ -249,8 +277,20 @@ class DaemonService:
     async def _spawn(self, claims: Claims, request: SpawnRequest) -> Spawned:
         if not await self.runtime.image_exists(request.image):
             raise ImageNotFound(f"image {request.image!r} is not available on this herder")
+        node = await self._node(request.node) if request.node else None
+        if request.gpus:
+            offered = max((n.gpus for n in await self.runtime.nodes()), default=0)
+            if offered < request.gpus:
+                raise BadRequest(
+                    "no node of this herder offers GPUs"
+                    if offered == 0
+                    else f"no node offers {request.gpus} GPUs (at most {offered})"
+                )
         async with self._locks.hold((claims.sub, request.name)):
             for old in await self._owned(claims.sub, request.name):
+                # The data volume is on the old one's node: a respawn stays there.
+                if node is None and old.node is not None:
+                    node = old.node
                 await self._remove(old)
             labels = self._labels(claims.sub) | {LABEL_JTI: claims.jti, LABEL_NAME: request.name}
             if request.group:
@@ -272,6 +312,8 @@ class DaemonService:
                 restart="unless-stopped",
                 open_stdin=True,
                 network=settings.network,  # no traffic to other daemons or golems
+                node=node.id if node is not None else None,
+                gpus=request.gpus,
             )
             info = await self.runtime.run_service(spec)
             ports = {str(p): info.ports.get(str(p), 0) for p in request.ports}
@@ -295,7 +337,14 @@ class DaemonService:
                 await asyncio.shield(self.runtime.remove(info.id))
                 raise
         log.info("daemon %s spawned for %s", info.name, claims.sub)
-        return Spawned(name=info.name, address=info.address, ports=ports)
+        return Spawned(name=info.name, address=info.address, ports=ports, node=info.node)
+
+    async def _node(self, ref: str) -> NodeInfo:
+        """The node a spawn names, by id or hostname; 400 naming it when unknown."""
+        for candidate in await self.runtime.nodes():
+            if ref in (candidate.id, candidate.hostname):
+                return candidate
+        raise BadRequest(f"unknown node {ref!r}")
 
     async def list(self, subject: str, group: str | None = None) -> list[dict[str, Any]]:
         """The subject's daemons (of `group`, when given), in Docker's list format."""
@@ -362,16 +411,20 @@ class DaemonService:
 
 def _listed(c: ContainerInfo) -> dict[str, Any]:
     raw = c.raw
-    return {
+    listed = {
         "Id": c.id,
         "Names": raw.get("Names") or [f"/{c.name}"],
         "Image": c.image,
         "State": c.state,
         "Status": c.status,
-        "Ports": raw.get("Ports") or [],
+        "Ports": raw.get("Ports")
+        or [{"PrivatePort": int(k), "PublicPort": v, "Type": "tcp"} for k, v in c.ports.items()],
         "Created": raw.get("Created", c.created),
         "Labels": c.labels,
     }
+    if c.node is not None:
+        listed["Node"] = c.node.reference()
+    return listed
 
 
 # -- routes -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`GET /node/v1/specs`: what this host offers (P2PRC's server specs).
+"""`GET /node/v1/specs` and `GET /node/v1/nodes`: what this host, or the
+cluster's nodes, offer (P2PRC's server specs, SONM's list of miners).
 
 CPUs, memory, the data dir's disk, GPUs (from `nvidia-smi` when present,
 else an empty list), the Docker Engine's version and the workloads of this
@@ -18,7 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__, appkeys
-from .runtime.base import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED
+from .errors import BadRequest
+from .runtime.base import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_SUBJECT, NodeInfo
+from .tokens import optional_claims
 
 KINDS = ("minion", "daemon", "golem")
 NVIDIA_SMI_TIMEOUT = 5.0
@@ -154,6 +157,50 @@ async def specs(app: web.Application) -> dict[str, Any]:
     }
 
 
+def node_json(node: NodeInfo) -> dict[str, Any]:
+    return {
+        "ID": node.id,
+        "Hostname": node.hostname,
+        "Address": node.address,
+        "Role": node.role,
+        "Availability": node.availability,
+        "State": node.state,
+        "Leader": node.leader,
+        "CPUs": node.cpus,
+        "MemoryBytes": node.memory_bytes,
+        "GPUs": node.gpus,
+    }
+
+
+async def nodes(app: web.Application, subject: str | None) -> list[dict[str, Any]]:
+    """Every node; with a subject, that subject's workloads on each (never another's)."""
+    runtime = app[appkeys.RUNTIME]
+    listed = await runtime.nodes()
+    mine: dict[str, list[dict[str, Any]]] = {n.id: [] for n in listed}
+    if subject is not None:
+        labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: app[appkeys.INSTANCE], LABEL_SUBJECT: subject}
+        only = listed[0].id if len(listed) == 1 else None  # one engine: all is on it
+        for c in await runtime.list(labels):
+            where = c.node.id if c.node is not None else only
+            if where in mine:
+                mine[where].append(
+                    {"Name": c.name, "Kind": c.labels.get(LABEL_KIND, ""), "State": c.state}
+                )
+    return [node_json(n) | {"Workloads": mine[n.id]} for n in listed]
+
+
+@routes.get("/node/v1/nodes")
+async def nodes_route(request: web.Request) -> web.Response:
+    claims = await optional_claims(request)
+    return web.json_response(await nodes(request.app, claims.sub if claims else None))
+
+
 @routes.get("/node/v1/specs")
 async def specs_route(request: web.Request) -> web.Response:
-    return web.json_response(await specs(request.app))
+    ref = request.query.get("node")
+    if ref is None:
+        return web.json_response(await specs(request.app))
+    for node in await request.app[appkeys.RUNTIME].nodes():
+        if ref in (node.id, node.hostname):
+            return web.json_response(node_json(node) | {"Herder": {"Version": __version__}})
+    raise BadRequest(f"unknown node {ref[:100]!r}")

@@ -28,6 +28,26 @@ class RuntimeUnavailable(ServiceUnavailable):
 
 
 @dataclass(frozen=True)
+class NodeInfo:
+    """One machine of the engine (a Swarm node; the engine's host itself for Docker)."""
+
+    id: str
+    hostname: str
+    address: str
+    role: str = "manager"
+    availability: str = "active"
+    state: str = "ready"
+    cpus: float = 0.0
+    memory_bytes: int = 0
+    gpus: int = 0
+    leader: bool = False
+
+    def reference(self) -> dict[str, str]:
+        """What spawn replies name the node by (`Node`)."""
+        return {"ID": self.id, "Hostname": self.hostname, "Address": self.address}
+
+
+@dataclass(frozen=True)
 class ContainerInfo:
     """What the herder knows of one container."""
 
@@ -42,6 +62,7 @@ class ContainerInfo:
     created: str = ""
     created_at: float = 0.0  # epoch seconds (to the second from `list`, exact from `inspect`)
     finished_at: float = 0.0  # epoch seconds the container last stopped (inspect only)
+    node: NodeInfo | None = None  # where it runs (the Swarm runtime; None: the engine's host)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -79,6 +100,8 @@ class ServiceSpec:
     extra_hosts: tuple[str, ...] = ()
     shm_bytes: int | None = None
     network: str | None = None
+    node: str | None = None  # a node id to run on (the Swarm runtime's placement)
+    gpus: int = 0  # GPUs to reserve (the Swarm runtime's generic resource `gpu`)
 
 
 @dataclass(frozen=True)
@@ -189,6 +212,11 @@ class Runtime(Protocol):
 
     async def version(self) -> dict[str, Any]:
         """The engine's version document (Docker: /version)."""
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The machines workloads can run on: the Swarm's nodes, or the one
+        engine's host. Called by `GET /node/v1/nodes` and to resolve a
+        spawn's `node`."""
 
     async def list(self, labels: dict[str, str], *, all: bool = True) -> list[ContainerInfo]:
         """Containers carrying all `labels` (exact key=value matches)."""
