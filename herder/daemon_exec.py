@@ -29,6 +29,7 @@ from .runtime.base import (
     LABEL_NAME,
     LABEL_SUBJECT,
     ContainerInfo,
+    OnAnotherNode,
 )
 from .tokens import require_claims
 
@@ -105,8 +106,10 @@ async def exec_in(
         result = await app[appkeys.RUNTIME].exec(
             daemon.id, cmd, timeout=timeout, limit=OUTPUT_LIMIT
         )
-    except (NotFound, Conflict):
-        return {**entry, "ExitCode": None, "StdOut": "", "StdErr": "", "Error": "not running"}
+    except (NotFound, Conflict) as exc:
+        # A daemon on another node of a Swarm: the message names the node.
+        error = exc.message if isinstance(exc, OnAnotherNode) else "not running"
+        return {**entry, "ExitCode": None, "StdOut": "", "StdErr": "", "Error": error}
     return {
         **entry,
         "ExitCode": result.exit_code,

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import ServiceUnavailable
+from ..errors import Conflict, ServiceUnavailable
 
 LABEL_MANAGED = "herder.managed"
 LABEL_KIND = "herder.kind"
@@ -25,6 +25,13 @@ LABEL_GROUP = "herder.group"
 
 class RuntimeUnavailable(ServiceUnavailable):
     message = "container engine unavailable"
+
+
+class OnAnotherNode(Conflict):
+    """The container runs on a node whose engine this herder does not drive
+    (attach and exec need it); the message names the node."""
+
+    message = "it runs on another node"
 
 
 @dataclass(frozen=True)

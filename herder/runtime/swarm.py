@@ -40,6 +40,7 @@ from .base import (
     ContainerInfo,
     ExecResult,
     NodeInfo,
+    OnAnotherNode,
     OutputChunk,
     RunResult,
     RunSpec,
@@ -470,7 +471,7 @@ class SwarmRuntime:
             nodes = await self._node_map()
             node = nodes.get(str(task.get("NodeID")))
             where = node.hostname if node else str(task.get("NodeID"))
-            raise Conflict(f"it runs on node {where}: ask the herder replica on that node")
+            raise OnAnotherNode(f"it runs on node {where}: ask the herder replica on that node")
         container = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
         if not container:
             raise Conflict("the container is not running")
@@ -479,6 +480,8 @@ class SwarmRuntime:
     async def attach(self, ref: str) -> Attachment:
         try:
             container = await self._local_container(ref)
+        except OnAnotherNode:
+            raise
         except Conflict as exc:
             raise NotFound(str(exc)) from None
         return await self.local.attach(container)
