@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
+import aiohttp
 import pytest
 
 from .cluster_lab import Lab, call, token
@@ -25,8 +26,8 @@ async def spawn(lab: Lab, replica: int, tok: str, **fields: str) -> tuple[int, A
     return await call("POST", f"{lab.replicas[replica]}/daemon/v1/spawn", tok, data=fields)
 
 
-async def kill(lab: Lab, tok: str, name: str) -> None:
-    status, body = await call("POST", f"{lab.replicas[1]}/daemon/v1/kill/{name}", tok)
+async def kill(lab: Lab, tok: str, name: str, via: str | None = None) -> None:
+    status, body = await call("POST", f"{via or lab.replicas[1]}/daemon/v1/kill/{name}", tok)
     assert status == 200, body
 
 
@@ -220,3 +221,176 @@ async def test_metering_charges_each_second_once_across_replicas(lab: Lab) -> No
     charged = balance["granted"] - balance["credits"]
     # Running about 6-8 s (spawn to kill): charged that, not three times that.
     assert 4 <= charged <= 12, json.dumps(balance)
+
+
+async def _ledger_rows(email: str) -> tuple[list[Any], int]:
+    """The lab's workload runs of one subject with their charged seconds, and
+    the account's charged total (the lab's own database on the host)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect("postgresql://herder:herder@127.0.0.1:5432/hlab_herder")
+    try:
+        rows = await conn.fetch(
+            "select w.state, w.started_at, w.stopped_at, c.seconds, w.container_name"
+            " from workloads w join charges c on c.id = w.charge_id"
+            " where w.subject = $1 order by w.id",
+            email,
+        )
+        charged = await conn.fetchval("select charged from accounts where subject = $1", email)
+    finally:
+        await conn.close()
+    return list(rows), int(charged or 0)
+
+
+async def all_healthy(lab: Lab) -> bool:
+    for url in lab.replicas:
+        try:
+            status, _ = await call("GET", f"{url}/healthz")
+        except aiohttp.ClientError:
+            return False
+        if status != 200:
+            return False
+    return True
+
+
+async def eventually(check: Any, seconds: float, what: str) -> Any:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"not within {seconds:g} s: {what}")
+        await asyncio.sleep(0.5)
+
+
+async def test_a_drained_node_s_daemon_moves_and_its_ledger_stays_continuous(lab: Lab) -> None:
+    email = f"drain-{secrets.token_hex(3)}@example.org"
+    tok = await token(lab, email)
+    # Not placed by hand: the Swarm may move it (one given `node=` stays put).
+    status, body = await spawn(
+        lab, 0, tok, name="mover", image=HTTPD, ports="[80]", **{"index.html": "moved\n"}
+    )
+    assert status == 200, body
+    drained = body["Node"]["Hostname"]
+    # Draining a node takes its replica away too: ask the other two.
+    others = [url for url, node in zip(lab.replicas, NODES, strict=True) if node != drained]
+    try:
+        await asyncio.sleep(2)
+        await asyncio.to_thread(lab.docker, "node", "update", "--availability", "drain", drained)
+
+        async def moved() -> Any:
+            status, listed = await call("GET", f"{others[0]}/daemon/v1/ls", tok)
+            return (
+                status == 200
+                and len(listed) == 1
+                and listed[0]["State"] == "running"
+                and listed[0]["Node"]["Hostname"] != drained
+                and listed[0]
+            )
+
+        await eventually(moved, 60, "the daemon runs on another node")
+
+        async def proxied() -> bool:
+            status, text = await call(
+                "GET", f"{others[1]}/daemon/v1/proxy/{body['Name']}/index.html"
+            )
+            return (status, text) == (200, "moved\n")
+
+        await eventually(proxied, 30, "the proxy reaches the moved daemon")
+        await asyncio.sleep(2)
+    finally:
+        await asyncio.to_thread(lab.docker, "node", "update", "--availability", "active", drained)
+        await kill(lab, tok, "mover", via=others[0])
+    rows, charged = await _ledger_rows(email)
+    assert len(rows) >= 2 and {r["state"] for r in rows} == {"stopped"}, rows
+    for earlier, later in zip(rows, rows[1:], strict=False):
+        assert earlier["stopped_at"] <= later["started_at"] + 1, rows  # never two runs at once
+    for row in rows:
+        assert abs(row["seconds"] - (row["stopped_at"] - row["started_at"])) <= 1, rows
+    assert charged == sum(r["seconds"] for r in rows)
+    status, balance = await call("GET", f"{others[1]}/token/v1/balance", tok)
+    assert balance["granted"] - balance["credits"] == charged
+    await eventually(lambda: all_healthy(lab), 60, "the drained node's replica is back")
+
+
+async def test_a_replica_killed_mid_traffic_leaves_the_others_serving(lab: Lab) -> None:
+    email = f"sigkill-{secrets.token_hex(3)}@example.org"
+    tok = await token(lab, email)
+    status, body = await spawn(lab, 0, tok, name="steady", image=HTTPD, ports="[80]", node=NODES[0])
+    assert status == 200, body
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def traffic(url: str) -> None:
+        while not stop.is_set():
+            for path in (f"/daemon/v1/proxy/{body['Name']}/", "/daemon/v1/ls", "/healthz"):
+                status, _ = await call("GET", f"{url}{path}", tok)
+                statuses.append(status)
+
+    async def minion(url: str) -> int:
+        status, _ = await call(
+            "POST", f"{url}/minion/v1/spawn", tok, data={"env": "python", "main.sh": "sleep 5"}
+        )
+        return status
+
+    node2 = lab.manager.replace("/n1/", "/n2/")
+    replica = (
+        await asyncio.to_thread(
+            subprocess.run,
+            [
+                "docker",
+                "-H",
+                node2,
+                "ps",
+                "-q",
+                "--filter",
+                "label=com.docker.swarm.service.name=hlab-herder",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    ).stdout.strip()
+    assert replica
+    workers = [asyncio.create_task(traffic(lab.replicas[i])) for i in (0, 2)]
+    in_flight = asyncio.create_task(minion(lab.replicas[1]))
+    try:
+        await asyncio.sleep(2)
+        await asyncio.to_thread(
+            subprocess.run, ["docker", "-H", node2, "kill", "--signal", "KILL", replica], check=True
+        )
+        await asyncio.sleep(4)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    with pytest.raises(Exception):  # noqa: B017  (the killed replica's client sees its connection die)
+        await in_flight
+    assert statuses and set(statuses) <= {200}, sorted(set(statuses))
+
+    async def back() -> bool:
+        try:
+            status, _ = await call("GET", f"{lab.replicas[1]}/healthz")
+        except Exception:
+            return False
+        return status == 200
+
+    await eventually(back, 60, "the Swarm restarts the killed replica")
+
+    async def swept() -> bool:
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["docker", "-H", node2, "ps", "-aq", "--filter", "label=herder.kind=minion"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip() == ""
+
+    await eventually(swept, 30, "the killed replica's minion is removed")
+    status, listed = await call("GET", f"{lab.replicas[1]}/daemon/v1/ls", tok)
+    assert [d["State"] for d in listed] == ["running"]
+    await kill(lab, tok, "steady")
+    rows, charged = await _ledger_rows(email)
+    status, balance = await call("GET", f"{lab.replicas[1]}/token/v1/balance", tok)
+    assert balance["granted"] - balance["credits"] == charged == sum(r["seconds"] for r in rows)

@@ -137,3 +137,15 @@ def test_extra_hosts_and_the_runtime_setting() -> None:
     assert Settings.load({}, environ={}, check_data_dir=False).runtime == "docker"
     with pytest.raises(SettingsError, match="HERDER_RUNTIME"):
         Settings.load({}, environ={"HERDER_RUNTIME": "k8s"}, check_data_dir=False)
+
+
+def test_task_changes_read_as_container_events() -> None:
+    from herder.runtime.swarm import _transitions
+
+    assert _transitions(("t1", "created"), ("t1", "running")) == ["start"]
+    assert _transitions(("t1", "running"), ("t1", "exited")) == ["die"]
+    # Rescheduled: the old task's run ends, the new one's begins.
+    assert _transitions(("t1", "running"), ("t2", "created")) == ["die"]
+    assert _transitions(("t1", "running"), ("t2", "running")) == ["die", "start"]
+    assert _transitions(("t2", "created"), ("t2", "created")) == []
+    assert _transitions(None, ("t1", "running")) == ["start"]

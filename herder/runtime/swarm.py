@@ -398,32 +398,32 @@ class SwarmRuntime:
         queue: asyncio.Queue[RuntimeEvent | BaseException] = asyncio.Queue()
 
         async def poll() -> None:
-            seen: dict[str, str] = {}
+            seen: dict[str, tuple[str, str]] = {}  # service -> (current task, its state)
             first = True
             try:
                 while True:
                     services = await self._services(labels)
                     tasks = await self._tasks([s["ID"] for s in services]) if services else {}
                     now = time.time()
-                    current: dict[str, str] = {}
+                    current: dict[str, tuple[str, str]] = {}
                     for service in services:
                         sid = str(service["ID"])
                         task = tasks.get(sid) or {}
-                        state = _state_of(task)
-                        key = f"{task.get('ID', '')}:{state}"
-                        current[sid] = key
-                        if not first and seen.get(sid) != key:
-                            action = {"running": "start", "exited": "die"}.get(state)
-                            if action:
-                                await queue.put(
-                                    RuntimeEvent(
-                                        action=action,
-                                        id=sid,
-                                        labels=_service_labels(service),
-                                        exit_code=_exit_code(task),
-                                        time=now,
-                                    )
+                        now_key = (str(task.get("ID", "")), _state_of(task))
+                        current[sid] = now_key
+                        before = seen.get(sid)
+                        if first or before == now_key:
+                            continue
+                        for action in _transitions(before, now_key):
+                            await queue.put(
+                                RuntimeEvent(
+                                    action=action,
+                                    id=sid,
+                                    labels=_service_labels(service),
+                                    exit_code=_exit_code(task) if action == "die" else None,
+                                    time=now,
                                 )
+                            )
                     for sid in set(seen) - set(current):
                         await queue.put(RuntimeEvent(action="destroy", id=sid, labels={}, time=now))
                     seen, first = current, False
@@ -558,6 +558,19 @@ def _state_of(task: dict[str, Any] | None) -> str:
     if not state or state in _STARTING:
         return "created"
     return "exited"
+
+
+def _transitions(before: tuple[str, str] | None, now: tuple[str, str]) -> list[str]:
+    """Container-like events between two looks at a service's current task
+    (id, state): a running task that stopped or was replaced "dies", and a
+    task that runs now (a restart, or a new node's) "starts"."""
+    actions = []
+    was_running = before is not None and before[1] == "running"
+    if was_running and (before != now):
+        actions.append("die")
+    if now[1] == "running" and before != now:
+        actions.append("start")
+    return actions
 
 
 def _exit_code(task: dict[str, Any]) -> int | None:
