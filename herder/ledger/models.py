@@ -128,3 +128,14 @@ class MeterPosition(Base):
     __tablename__ = "meter_positions"
     instance: Mapped[str] = mapped_column(String(64), primary_key=True)
     metered_until: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class Lease(Base):
+    """A named role one herder replica holds until `expires_at` (epoch
+    milliseconds) unless it renews it: who meters and reconciles a cluster's
+    workloads. A holder that dies loses it when it expires."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128), nullable=False)
+    expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
