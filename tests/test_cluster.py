@@ -317,7 +317,16 @@ async def test_a_drained_node_s_daemon_moves_and_its_ledger_stays_continuous(lab
 async def test_a_replica_killed_mid_traffic_leaves_the_others_serving(lab: Lab) -> None:
     email = f"sigkill-{secrets.token_hex(3)}@example.org"
     tok = await token(lab, email)
-    status, body = await spawn(lab, 0, tok, name="steady", image=HTTPD, ports="[80]", node=NODES[0])
+    status, body = await spawn(
+        lab,
+        0,
+        tok,
+        name="steady",
+        image=HTTPD,
+        ports="[80]",
+        node=NODES[0],
+        **{"index.html": "up\n"},
+    )
     assert status == 200, body
     statuses: list[int] = []
     stop = asyncio.Event()
