@@ -48,9 +48,7 @@ class Leases:
         async with self.write() as conn:
             await conn.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))
 
-    async def lease_holder(
-        self: _Db, name: str, *, now: float | None = None
-    ) -> str | None:
+    async def lease_holder(self: _Db, name: str, *, now: float | None = None) -> str | None:
         """Who holds `name` now (None: nobody, or it expired)."""
         at = int((time.time() if now is None else now) * 1000)
         async with self.read() as conn:
