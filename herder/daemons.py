@@ -158,7 +158,7 @@ def check_node(raw: str | None) -> str | None:
     if raw is None or not raw.strip():
         return None
     text = raw.strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", text):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", text):
         raise BadRequest(f"unknown node {text[:100]!r}")
     return text
 
