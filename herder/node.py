@@ -1,5 +1,5 @@
-"""`GET /node/v1/specs` and `GET /node/v1/nodes`: what this host, or the
-cluster's nodes, offer (P2PRC's server specs, SONM's list of miners).
+"""What this host, or the cluster's nodes, offer (P2PRC's server specs,
+SONM's list of miners), served at `GET /node/v1/specs` and `GET /node/v1/nodes`.
 
 CPUs, memory, the data dir's disk, GPUs (from `nvidia-smi` when present,
 else an empty list), the Docker Engine's version and the workloads of this
@@ -16,29 +16,29 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from . import __version__, appkeys
+from . import __version__
 from .errors import BadRequest
-from .runtime.base import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_SUBJECT, NodeInfo
-from .tokens import optional_claims
+from .runtime.base import (
+    LABEL_INSTANCE,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_SUBJECT,
+    NodeInfo,
+    Runtime,
+)
 
 KINDS = ("minion", "daemon", "golem")
 NVIDIA_SMI_TIMEOUT = 5.0
 
-routes = web.RouteTableDef()
 
-
-async def running_counts(app: web.Application) -> dict[str, int]:
+async def running_counts(runtime: Runtime, instance: str) -> dict[str, int]:
     """Running containers of this herder instance, by `herder.kind`.
 
     Asked of the runtime each time (never a counter kept by hand), so it is
     right after restarts and crashes. Raises `RuntimeUnavailable` when the
     engine does not answer.
     """
-    containers = await app[appkeys.RUNTIME].list(
-        {LABEL_MANAGED: "1", LABEL_INSTANCE: app[appkeys.INSTANCE]}, all=False
-    )
+    containers = await runtime.list({LABEL_MANAGED: "1", LABEL_INSTANCE: instance}, all=False)
     counts = dict.fromkeys(KINDS, 0)
     for container in containers:
         kind = container.labels.get(LABEL_KIND, "")
@@ -134,14 +134,13 @@ def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
     return result
 
 
-async def specs(app: web.Application) -> dict[str, Any]:
+async def specs(runtime: Runtime, instance: str, data_dir: Path) -> dict[str, Any]:
     """The node's specs document."""
-    runtime = app[appkeys.RUNTIME]
     facts, gpu_list, version, running = await asyncio.gather(
-        asyncio.to_thread(_host_facts, app[appkeys.SETTINGS].data_dir),
+        asyncio.to_thread(_host_facts, data_dir),
         gpus(),
         runtime.version(),
-        running_counts(app),
+        running_counts(runtime, instance),
     )
     return {
         **facts,
@@ -153,7 +152,7 @@ async def specs(app: web.Application) -> dict[str, Any]:
             "Arch": str(version.get("Arch", "")),
         },
         "Running": running,
-        "Herder": {"Version": __version__, "Instance": app[appkeys.INSTANCE]},
+        "Herder": {"Version": __version__, "Instance": instance},
     }
 
 
@@ -172,13 +171,12 @@ def node_json(node: NodeInfo) -> dict[str, Any]:
     }
 
 
-async def nodes(app: web.Application, subject: str | None) -> list[dict[str, Any]]:
+async def nodes(runtime: Runtime, instance: str, subject: str | None) -> list[dict[str, Any]]:
     """Every node; with a subject, that subject's workloads on each (never another's)."""
-    runtime = app[appkeys.RUNTIME]
     listed = await runtime.nodes()
     mine: dict[str, list[dict[str, Any]]] = {n.id: [] for n in listed}
     if subject is not None:
-        labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: app[appkeys.INSTANCE], LABEL_SUBJECT: subject}
+        labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: instance, LABEL_SUBJECT: subject}
         only = listed[0].id if len(listed) == 1 else None  # one engine: all is on it
         for c in await runtime.list(labels):
             where = c.node.id if c.node is not None else only
@@ -189,18 +187,9 @@ async def nodes(app: web.Application, subject: str | None) -> list[dict[str, Any
     return [node_json(n) | {"Workloads": mine[n.id]} for n in listed]
 
 
-@routes.get("/node/v1/nodes")
-async def nodes_route(request: web.Request) -> web.Response:
-    claims = await optional_claims(request)
-    return web.json_response(await nodes(request.app, claims.sub if claims else None))
-
-
-@routes.get("/node/v1/specs")
-async def specs_route(request: web.Request) -> web.Response:
-    ref = request.query.get("node")
-    if ref is None:
-        return web.json_response(await specs(request.app))
-    for node in await request.app[appkeys.RUNTIME].nodes():
+async def node_specs(runtime: Runtime, ref: str) -> dict[str, Any]:
+    """One node of the cluster by hostname or id; 400 naming it when unknown."""
+    for node in await runtime.nodes():
         if ref in (node.id, node.hostname):
-            return web.json_response(node_json(node) | {"Herder": {"Version": __version__}})
+            return node_json(node) | {"Herder": {"Version": __version__}}
     raise BadRequest(f"unknown node {ref[:100]!r}")
