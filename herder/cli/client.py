@@ -574,27 +574,18 @@ async def node_ls(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(entries)
         return 0
-    rows = []
-    for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, dict):
-            continue
-        workloads = entry.get("Workloads") or []
-        rows.append(
-            [
-                str(entry.get("Hostname", "")),
-                str(entry.get("ID", ""))[:12],
-                str(entry.get("Address") or "-"),
-                str(entry.get("Role", "")) + ("*" if entry.get("Leader") else ""),
-                str(entry.get("Availability", "")),
-                str(entry.get("State", "")),
-                f"{float(entry.get('CPUs') or 0):g}",
-                f"{int(entry.get('MemoryBytes') or 0) / 2**30:.1f}G",
-                str(entry.get("GPUs", 0)),
-                ",".join(str(w.get("Name", "")) for w in workloads if isinstance(w, dict)) or "-",
-            ]
-        )
-    headers = ["HOSTNAME", "ID", "ADDRESS", "ROLE", "AVAILABILITY", "STATE", "CPUS", "MEMORY"]
-    print(_table(rows, [*headers, "GPUS", "YOUR WORKLOADS"]))
+    keys = ("Hostname", "ID", "Address", "Role", "Availability", "State", "CPUs", "GPUs")
+    rows = [
+        [
+            str(e.get(k) if e.get(k) not in (None, "") else "-")[: 12 if k == "ID" else None]
+            for k in keys
+        ]
+        + [f"{int(e.get('MemoryBytes') or 0) / 2**30:.1f}G"]
+        + [",".join(str(w.get("Name", "")) for w in e.get("Workloads") or []) or "-"]
+        for e in (entries if isinstance(entries, list) else [])
+        if isinstance(e, dict)
+    ]
+    print(_table(rows, [k.upper() for k in keys] + ["MEMORY", "YOUR WORKLOADS"]))
     return 0
 
 
