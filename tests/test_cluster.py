@@ -226,7 +226,7 @@ async def test_metering_charges_each_second_once_across_replicas(lab: Lab) -> No
 async def _ledger_rows(email: str) -> tuple[list[Any], int]:
     """The lab's workload runs of one subject with their charged seconds, and
     the account's charged total (the lab's own database on the host)."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect("postgresql://herder:herder@127.0.0.1:5432/hlab_herder")
     try:
@@ -240,6 +240,10 @@ async def _ledger_rows(email: str) -> tuple[list[Any], int]:
     finally:
         await conn.close()
     return list(rows), int(charged or 0)
+
+
+async def _less(read: Any, than: int) -> bool:
+    return bool(await read() < than)
 
 
 async def all_healthy(lab: Lab) -> bool:
@@ -399,6 +403,15 @@ async def test_a_replica_killed_mid_traffic_leaves_the_others_serving(lab: Lab) 
     await eventually(swept, 30, "the killed replica's minion is removed")
     status, listed = await call("GET", f"{lab.replicas[1]}/daemon/v1/ls", tok)
     assert [d["State"] for d in listed] == ["running"]
+
+    async def credits() -> int:
+        status, balance = await call("GET", f"{lab.replicas[0]}/token/v1/balance", tok)
+        assert status == 200, balance
+        return int(balance["credits"])
+
+    # Still metered, whichever replica holds the metering lease now.
+    before = await credits()
+    await eventually(lambda: _less(credits, before), 15, "the daemon is still charged")
     await kill(lab, tok, "steady")
     rows, charged = await _ledger_rows(email)
     status, balance = await call("GET", f"{lab.replicas[1]}/token/v1/balance", tok)
