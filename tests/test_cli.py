@@ -45,6 +45,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["serve"], {"HERDER_IMAGES": "python"}, "HERDER_IMAGES"),
         (["serve"], {"HERDER_GOLEM_MEMORY_MB": "lots"}, "HERDER_GOLEM_MEMORY_MB"),
         (["serve"], {"HERDER_GOLEM_PIDS": "3"}, "HERDER_GOLEM_PIDS"),
+        (["serve"], {"HERDER_UVLOOP": "sometimes"}, "HERDER_UVLOOP"),
         (["token", "create", "-e", "a@b.c"], {"HERDER_PUBLIC_URL": "ftp://x"}, "HERDER_PUBLIC_URL"),
     ],
 )
@@ -58,6 +59,21 @@ def test_bad_settings_exit_2_with_one_line(
     assert len(lines) == 1, result.stderr
     assert names in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_serve_runs_on_uvloop_unless_turned_off(tmp_path: Path) -> None:
+    import asyncio
+
+    import uvloop
+
+    from herder.cli.serve import event_loop
+
+    for uvloop_on, kind in ((True, uvloop.Loop), (False, asyncio.BaseEventLoop)):
+        loop = event_loop(make_settings(tmp_path / "d", uvloop=uvloop_on))
+        try:
+            assert isinstance(loop, kind) and isinstance(loop, uvloop.Loop) == uvloop_on
+        finally:
+            loop.close()
 
 
 def test_secret_settings_hidden_in_repr(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """The ledger: grants, charges, revocations, balances and the workload registry.
 
 Every database access of the herder goes through `Ledger`. A subject's
-balance is `accounts.granted - accounts.charged`; both columns move in the
-same transaction as the grant or charge rows they sum, so the balance always
-equals grants minus charges.
+balance is `accounts.granted - accounts.charged` minus what its running runs
+have accrued since their charge rows were written (see `registry`); both
+columns move in the same transaction as the grant or charge rows they sum,
+so the balance always equals grants minus charges.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alembic.util import CommandError
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,11 +27,12 @@ from . import migrate
 from .engine import make_engines
 from .leases import Leases
 from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
-from .registry import TickResult, WorkloadRegistry
+from .registry import TickResult, WorkloadRegistry, accrual
 
 __all__ = [
     "Ledger",
     "Balance",
+    "Usage",
     "Account",
     "Charge",
     "Grant",
@@ -51,6 +52,15 @@ class Balance:
     @property
     def remaining(self) -> int:
         return self.granted - self.charged
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the credit meter shows of one subject."""
+
+    balance: Balance
+    running: list[Workload]
+    charges: list[Charge]
 
 
 class Ledger(WorkloadRegistry, Leases):
@@ -169,13 +179,21 @@ class Ledger(WorkloadRegistry, Leases):
                 )
             )
             await self._move_account(conn, subject, charged=credits)
+            # Less left than its `check_at` assumed: the next tick looks at it.
+            await conn.execute(
+                update(Account)
+                .where(Account.subject == subject, Account.check_at > 0)
+                .values(check_at=0)
+            )
             return await self._remaining(conn, subject)
 
     @staticmethod
     async def _remaining(conn: AsyncConnection, subject: str) -> int:
         row = (
             await conn.execute(
-                select(Account.granted - Account.charged).where(Account.subject == subject)
+                select(Account.granted - Account.charged - accrual(Account.subject)).where(
+                    Account.subject == subject
+                )
             )
         ).scalar_one_or_none()
         return int(row or 0)
@@ -184,7 +202,10 @@ class Ledger(WorkloadRegistry, Leases):
         async with self.read() as conn:
             row = (
                 await conn.execute(
-                    select(Account.granted, Account.charged).where(Account.subject == subject)
+                    select(
+                        Account.granted,
+                        (Account.charged + accrual(Account.subject)).label("charged"),
+                    ).where(Account.subject == subject)
                 )
             ).one_or_none()
         if row is None:
@@ -208,13 +229,14 @@ class Ledger(WorkloadRegistry, Leases):
                     )
                 )
             ).scalar_one()
+            charged += (await conn.execute(select(accrual(subject)))).scalar_one()
         return Balance(subject, int(granted), int(charged))
 
     async def total_charged(self) -> int:
         """Credits charged to all subjects so far (for /metrics)."""
         async with self.read() as conn:
             total = (
-                await conn.execute(select(func.coalesce(func.sum(Account.charged), 0)))
+                await conn.execute(select(func.coalesce(func.sum(Account.charged), 0) + accrual()))
             ).scalar_one()
         return int(total)
 
@@ -224,6 +246,48 @@ class Ledger(WorkloadRegistry, Leases):
                 await conn.execute(select(Grant.credits).where(Grant.jti == jti))
             ).scalar_one_or_none()
         return None if value is None else int(value)
+
+    async def usage(self, subject: str, limit: int) -> Usage:
+        """The subject's balance, open metered runs (on every instance sharing
+        this ledger) and last `limit` charge rows, newest first (a running
+        workload's row grows with every metering tick: its accrual is added)."""
+        async with self.read() as conn:
+            account = (
+                await conn.execute(
+                    select(
+                        Account.granted,
+                        (Account.charged + accrual(Account.subject)).label("charged"),
+                    ).where(Account.subject == subject)
+                )
+            ).one_or_none()
+            running = (
+                await conn.execute(
+                    select(Workload.__table__)
+                    .where(
+                        Workload.subject == subject,
+                        Workload.state == "running",
+                        Workload.metered.is_(True),
+                    )
+                    .order_by(Workload.id)
+                )
+            ).all()
+            charges = (
+                await conn.execute(
+                    select(Charge.__table__)
+                    .where(Charge.subject == subject)
+                    .order_by(Charge.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+            accrued = await self._accrued_charges(conn, [row.id for row in charges])
+        balance = Balance(subject, 0, 0)
+        if account is not None:
+            balance = Balance(subject, int(account.granted), int(account.charged))
+        return Usage(
+            balance,
+            [Workload(**row._mapping) for row in running],
+            [_with_accrual(Charge(**row._mapping), accrued) for row in charges],
+        )
 
     # -- revocations ---------------------------------------------------------
 
@@ -248,13 +312,16 @@ class Ledger(WorkloadRegistry, Leases):
         return found is not None
 
 
+def _with_accrual(charge: Charge, accrued: dict[int, tuple[int, int]]) -> Charge:
+    seconds, credits = accrued.get(charge.id, (0, 0))
+    charge.seconds += seconds
+    charge.credits += credits
+    return charge
+
+
 def _probe_sqlite_file(path: str | None) -> None:
     if not path or path == ":memory:":
         return
     uri = f"file:{urllib.parse.quote(path)}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=2)) as db:
         db.execute("SELECT version_num FROM alembic_version").fetchall()
-
-
-def now_seconds() -> int:
-    return int(time.time())

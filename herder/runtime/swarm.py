@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import aiodocker
@@ -523,10 +523,22 @@ class SwarmRuntime:
             await self._local_container(ref), cmd, timeout=timeout, limit=limit
         )
 
-    async def run_once(self, spec: RunSpec) -> RunResult:
+    @contextlib.asynccontextmanager
+    async def run(self, spec: RunSpec, *, prepared: str | None = None) -> AsyncIterator[RunResult]:
         if spec.network:
             await self.ensure_network(spec.network)
-        return await self.local.run_once(spec)
+        async with self.local.run(spec, prepared=prepared) as result:
+            yield result
+
+    async def run_once(self, spec: RunSpec, *, prepared: str | None = None) -> RunResult:
+        if spec.network:
+            await self.ensure_network(spec.network)
+        return await self.local.run_once(spec, prepared=prepared)
+
+    async def prepare_run(self, spec: RunSpec) -> str:
+        if spec.network:
+            await self.ensure_network(spec.network)
+        return await self.local.prepare_run(spec)
 
 
 # -- pure helpers (unit-tested) ---------------------------------------------------
