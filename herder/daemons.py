@@ -272,6 +272,9 @@ class DaemonService:
                 restart="unless-stopped",
                 open_stdin=True,
                 network=settings.network,  # no traffic to other daemons or golems
+                # No NET_RAW: no layer-2 tricks (ARP scans, spoofing) on the bridge.
+                cap_drop_all=True,
+                cap_add=settings.daemon_capabilities,
             )
             info = await self.runtime.run_service(spec)
             ports = {str(p): info.ports.get(str(p), 0) for p in request.ports}

@@ -60,6 +60,43 @@ def _parse_str(raw: str) -> str:
     return raw
 
 
+# Capabilities a daemon keeps (from Docker's default set): enough for a
+# server that starts as root, binds a low port, chowns its files and drops to
+# a user of its own. Left out: NET_RAW (raw and packet sockets: ARP scans and
+# spoofing of the other containers on the bridge), MKNOD, SETFCAP, SETPCAP,
+# SYS_CHROOT, AUDIT_WRITE.
+DAEMON_CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+)
+LINUX_CAPABILITIES = frozenset(
+    """AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND BPF CHECKPOINT_RESTORE CHOWN
+    DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID IPC_LOCK IPC_OWNER KILL LEASE
+    LINUX_IMMUTABLE MAC_ADMIN MAC_OVERRIDE MKNOD NET_ADMIN NET_BIND_SERVICE
+    NET_BROADCAST NET_RAW PERFMON SETFCAP SETGID SETPCAP SETUID SYS_ADMIN SYS_BOOT
+    SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO SYS_RESOURCE
+    SYS_TIME SYS_TTY_CONFIG SYSLOG WAKE_ALARM""".split()
+)
+
+
+def _parse_capabilities(raw: str) -> tuple[str, ...]:
+    """`CHOWN,SETUID,...` (a `CAP_` prefix and case do not matter); empty: none."""
+    names = []
+    for part in filter(None, (p.strip().upper() for p in raw.split(","))):
+        name = part.removeprefix("CAP_")
+        if name not in LINUX_CAPABILITIES:
+            raise ValueError(f"unknown capability {part!r}")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def _parse_images(raw: str) -> dict[str, str]:
     """`{"python": "img"}` as JSON, or `python=img,node=img2`."""
     raw = raw.strip()
@@ -166,6 +203,11 @@ class Settings:
     daemon_memory_mb: int = _setting(512, _parse_int, "memory limit of a daemon (MiB)", minimum=16)
     daemon_cpus: float = _setting(1.0, _parse_float, "CPUs a daemon may use", minimum=0.01)
     daemon_pids: int = _setting(256, _parse_int, "process limit of a daemon", minimum=8)
+    daemon_capabilities: tuple[str, ...] = _setting(
+        DAEMON_CAPABILITIES,
+        _parse_capabilities,
+        "capabilities a daemon keeps (all others dropped): comma-separated names",
+    )
     daemon_bind_address: str = _setting(
         "0.0.0.0", _parse_str, "host address daemon ports are published on"
     )

@@ -634,6 +634,7 @@ def _service_config(spec: ServiceSpec) -> dict[str, Any]:
         host_config["NetworkMode"] = spec.network
     if spec.cap_drop_all:
         host_config["CapDrop"] = ["ALL"]
+        host_config["CapAdd"] = list(spec.cap_add)
     if spec.shm_bytes:
         host_config["ShmSize"] = spec.shm_bytes
     config: dict[str, Any] = {
