@@ -250,6 +250,29 @@ class Settings:
         maximum=STREAM_CONNECTIONS - 10,
     )
     log_format: str = _setting("text", _parse_str, "text or json")
+    header_timeout: float = _setting(
+        10.0,
+        _parse_float,
+        "seconds a new connection has to send its request head (408 after)",
+        minimum=0.1,
+        maximum=3600,
+    )
+    body_min_rate: int = _setting(
+        1024,
+        _parse_int,
+        "bytes a second a request body must arrive at, over BODY_RATE_WINDOW (408 below)",
+        minimum=0,
+    )
+    body_rate_window: float = _setting(
+        15.0, _parse_float, "seconds over which BODY_MIN_RATE is counted", minimum=0.5
+    )
+    connections_per_client: int = _setting(
+        0,
+        _parse_int,
+        "most open connections from one address (503 above); 0: a quarter of what the "
+        "open-files limit leaves for clients",
+        minimum=0,
+    )
 
     def __repr__(self) -> str:
         parts = []

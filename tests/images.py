@@ -191,12 +191,15 @@ _root_python_lock = asyncio.Lock()
 
 
 def _build_root_python() -> None:
-    if subprocess.run(["docker", "image", "inspect", ROOT_PYTHON_IMAGE], capture_output=True).returncode == 0:
+    if (
+        subprocess.run(
+            ["docker", "image", "inspect", ROOT_PYTHON_IMAGE], capture_output=True
+        ).returncode
+        == 0
+    ):
         return
     dockerfile = (
-        "FROM herder/python:bookworm\n"
-        "USER root\n"
-        'CMD ["python3", "-u", "/minion/main.py"]\n'
+        'FROM herder/python:bookworm\nUSER root\nCMD ["python3", "-u", "/minion/main.py"]\n'
     )
     subprocess.run(
         ["docker", "build", "-q", "--label", "herder.test=1", "-t", ROOT_PYTHON_IMAGE, "-"],

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
-import aiohttp
 import pytest
 
 from herder.settings import Settings

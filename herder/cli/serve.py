@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from aiohttp import web
-
+from .. import serving
 from ..app import create_app
 from ..ledger.migrate import SchemaBehind
 from ..logfmt import JsonFormatter as JsonFormatter
@@ -21,14 +20,13 @@ def configure_logging(settings: Settings) -> None:
 def serve(settings: Settings) -> int:
     configure_logging(settings)
     load_keypair(settings.data_dir)  # creates the key pair on first start
+    open_files = serving.raise_open_files_limit()
+    guards = serving.Guards.from_settings(settings, open_files)
+    serving.log.info(
+        "connections: at most %d, %d from one address", guards.max_connections, guards.per_client
+    )
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            print=lambda line: print(line, file=sys.stderr),
-            access_log=None,
-        )
+        serving.run(create_app(settings), settings, guards)
     except SchemaBehind as exc:
         print(f"herder: {exc}", file=sys.stderr)
         return 2
