@@ -55,7 +55,13 @@ RESERVED_NAMES = frozenset(
 )
 FILE_COMPONENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_IMAGE_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)"
+# The first part is a registry only with a '.' or a port, or as `localhost`
+# (as the engine reads it): `UPPER/case` is an upper-case repository, refused.
+_IMAGE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_IMAGE_DOMAIN = (
+    rf"(?:(?:localhost|{_IMAGE_LABEL}(?:\.{_IMAGE_LABEL})+)(?::[0-9]{{1,5}})?"
+    rf"|{_IMAGE_LABEL}:[0-9]{{1,5}})/"
+)
 IMAGE_PATTERN = re.compile(
     rf"(?:{_IMAGE_DOMAIN})?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"

@@ -342,6 +342,9 @@ BAD_SPAWNS: list[tuple[dict[str, str], str]] = [
     ({"image": "img:tag:more"}, "image"),
     ({"image": "img;rm -rf"}, "image"),
     ({"image": ""}, "image"),
+    ({"image": "UPPER/case"}, "image"),  # the engine's 400 became a 503
+    ({"image": "Upper"}, "image"),
+    ({"image": "herder/Python:bookworm"}, "image"),
 ]
 
 

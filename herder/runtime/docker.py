@@ -145,7 +145,7 @@ class DockerRuntime:
         try:
             await self.docker.images.inspect(image)
         except aiodocker.DockerError as exc:
-            if exc.status == 404:
+            if exc.status in (400, 404):  # 400: a reference the engine cannot parse
                 return False
             raise RuntimeUnavailable("Docker Engine error") from exc
         return True
