@@ -35,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import appkeys
-from .errors import BadRequest, Conflict, NotFound, TooManyRequests
+from .errors import BadRequest, Conflict, NotFound, TooManyRequests, Unauthorized
 
 log = logging.getLogger("herder.relay")
 
@@ -274,6 +276,14 @@ class GolemSession:
     webstrate: str
     control: Peer
     minions: dict[str, MinionSession] = field(default_factory=dict)
+    # The digest of the golem's secret its control socket presented (None
+    # with `golem_open_control`): its data channels must present it too.
+    key_digest: str | None = None
+
+
+def key_digest(key: str) -> str:
+    """What the herder keeps of a golem's secret."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class Relay:
@@ -296,11 +306,14 @@ class Relay:
 
     # -- golem control socket --------------------------------------------------
 
-    def claim_golem(self, webstrate: str, control: Peer) -> GolemSession:
-        """Register the control socket; 409 when the webstrate has one."""
+    def claim_golem(
+        self, webstrate: str, control: Peer, key_digest: str | None = None
+    ) -> GolemSession:
+        """Register the control socket; 409 when the webstrate has one (a live
+        golem is never displaced)."""
         if webstrate in self._golems:
             raise Conflict(f"a golem is already connected for webstrate {webstrate}")
-        session = GolemSession(webstrate, control)
+        session = GolemSession(webstrate, control, key_digest=key_digest)
         self._golems[webstrate] = session
         for waiter in self._waiters.pop(webstrate, set()):
             if not waiter.done():
@@ -376,6 +389,14 @@ class Relay:
             channel.send(event("minion-disconnected", ID=minion.id))
             channel.finish(WSCloseCode.OK, "minion disconnected")
 
+    def check_channel_key(self, webstrate: str, key: str) -> None:
+        """401 unless `key` is the secret the webstrate's connected golem
+        presented (not called with `golem_open_control`)."""
+        session = self._golems.get(webstrate)
+        expected = session.key_digest if session is not None else None
+        if not expected or not key or not hmac.compare_digest(key_digest(key), expected):
+            raise Unauthorized("a golem's data channel needs the golem's key (?key=)")
+
     def find_minion(self, webstrate: str, minion_id: str) -> MinionSession:
         session = self._golems.get(webstrate)
         minion = session.minions.get(minion_id) if session else None
@@ -433,9 +454,17 @@ async def _frames(ws: web.WebSocketResponse) -> AsyncIterator[Frame]:
 async def golem_connect(request: web.Request) -> web.WebSocketResponse:
     relay = request.app[appkeys.RELAY]
     webstrate = check_webstrate(request.match_info["webstrate"])
+    digest = None
+    if not request.app[appkeys.SETTINGS].golem_open_control:
+        key = request.query.get("key", "")
+        digest = await request.app[appkeys.GOLEMS].control_key_digest(webstrate, key)
+        if digest is None:
+            raise Unauthorized(
+                "the control socket of a webstrate's golem needs that golem's key (?key=)"
+            )
     ws = _socket()
     peer = Peer(request, ws, f"golem {webstrate}")
-    session = relay.claim_golem(webstrate, peer)  # 409 before the upgrade
+    session = relay.claim_golem(webstrate, peer, digest)  # 409 before the upgrade
     peer.on_abort = lambda: relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
     with relay.tracking(ws), request.app[appkeys.METRICS].websocket("golem"):
         try:
@@ -515,6 +544,8 @@ async def _read_minion(ws: web.WebSocketResponse, minion: MinionSession) -> None
 async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
     relay = request.app[appkeys.RELAY]
     webstrate = check_webstrate(request.match_info["webstrate"])
+    if not request.app[appkeys.SETTINGS].golem_open_control:
+        relay.check_channel_key(webstrate, request.query.get("key", ""))  # 401
     minion = relay.find_minion(webstrate, request.match_info["minion"])  # 404/409
     ws = _socket()
     if not ws.can_prepare(request).ok:

@@ -220,10 +220,22 @@ class Settings:
     proxy_require_token: bool = _setting(
         False, _parse_bool, "the daemon proxy needs the owner's token"
     )
+    proxy_domain: str = _setting(
+        "",
+        _parse_str,
+        "serve daemon <Name> on its own origin at http://<Name>.<PROXY_DOMAIN>/ (a wildcard "
+        "DNS name; `localhost` works in browsers); empty: path route only",
+    )
     golem_image: str = _setting("herder/golem:bookworm", _parse_str, "image of golems")
     golem_cap: int = _setting(10, _parse_int, "most golems running at once", minimum=0)
     golem_require_token: bool = _setting(
         False, _parse_bool, "golem spawns need a token and are metered"
+    )
+    golem_open_control: bool = _setting(
+        False,
+        _parse_bool,
+        "UNSAFE: any client may be a webstrate's golem (control socket and data channels "
+        "without the golem's secret), as in golem-herder",
     )
     golem_wait: float = _setting(
         20.0, _parse_float, "seconds an ad-hoc minion waits for its golem", minimum=0.1
@@ -372,6 +384,15 @@ class Settings:
                 f"HERDER_NETWORK: bad value {self.network!r}: expected a network name of "
                 "letters, digits, '_', '.', '-' other than bridge, host, none, default"
             )
+        domain = self.proxy_domain.strip().lower().strip(".")
+        if domain and not re.fullmatch(
+            r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", domain
+        ):
+            raise SettingsError(
+                f"HERDER_PROXY_DOMAIN: bad value {self.proxy_domain!r}: expected a host name "
+                "such as apps.example.org (no scheme, port or wildcard)"
+            )
+        changes["proxy_domain"] = domain
         if self.log_format not in ("text", "json"):
             raise SettingsError(
                 f"HERDER_LOG_FORMAT: bad value {self.log_format!r}: expected text or json"
