@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import mimetypes
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -114,6 +115,44 @@ def credits_for(seconds: float, rate: int) -> tuple[int, int]:
 def mime_type(name: str) -> str:
     guessed, _ = mimetypes.guess_type(name, strict=False)
     return guessed or "application/octet-stream"
+
+
+# Types a browser runs as a document or script: a minion's output of one of
+# these must never render in the herder's origin.
+ACTIVE_TYPES = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/javascript",
+        "application/javascript",
+        "application/x-javascript",
+        "application/ecmascript",
+        "text/ecmascript",
+        "text/xml",
+        "application/xml",
+        "text/xsl",
+        "application/xslt+xml",
+    }
+)
+OUTPUT_SANDBOX = "sandbox; default-src 'none'"
+
+
+def output_headers(name: str, content_type: str) -> dict[str, str]:
+    """Headers of an output file's response: never sniffed; an active type
+    (HTML, SVG, JS, XML) is an attachment, and sandboxed should it render."""
+    headers = {"X-Content-Type-Options": "nosniff"}
+    if content_type in ACTIVE_TYPES or content_type.endswith("+xml"):
+        base = name.rsplit("/", 1)[-1]
+        ascii_name = "".join(
+            c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in base
+        )
+        disposition = f'attachment; filename="{ascii_name}"'
+        if ascii_name != base:
+            disposition += "; filename*=UTF-8''" + urllib.parse.quote(base, safe="")
+        headers["Content-Disposition"] = disposition
+        headers["Content-Security-Policy"] = OUTPUT_SANDBOX
+    return headers
 
 
 # -- the request ----------------------------------------------------------------
@@ -323,8 +362,11 @@ async def spawn(request: web.Request) -> web.StreamResponse:
         "X-Minion-Credits": str(run.credits),
     }
     if run.output_name is not None and result.output is not None:
+        content_type = mime_type(run.output_name)
         return web.Response(
-            body=result.output, content_type=mime_type(run.output_name), headers=headers
+            body=result.output,
+            content_type=content_type,
+            headers=headers | output_headers(run.output_name, content_type),
         )
     body = {
         "StdOut": _text(result.stdout),

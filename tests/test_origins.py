@@ -154,7 +154,8 @@ async def test_an_html_minion_output_downloads_instead_of_rendering(
     token = make_token()
     herder = f"http://127.0.0.1:{client.port}"
     html = "<!doctype html><title>rendered</title><p>tenant html</p>"
-    script = f"printf '%s' '{html}' > out.html\n"
+    # (one line: a form sends a textarea's newlines as CR LF)
+    script = f"printf '%s' '{html}' > out.html"
 
     resp = await client.post(
         "/minion/v1/spawn",
