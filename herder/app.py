@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import re
@@ -34,6 +35,7 @@ from .errors import HerderError, NotFound, PayloadTooLarge
 from .ledger import Ledger
 from .logfmt import REQUEST_ID
 from .metering import Meter
+from .proxy_origins import daemon_on_host
 from .reconcile import Reconciler
 from .runtime import DockerRuntime
 from .settings import Settings
@@ -107,6 +109,11 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     path = request.path
     method = request.method
     cors = not path.startswith(PROXY_PREFIX)
+    domain = request.app[appkeys.SETTINGS].proxy_domain
+    if domain and (own_origin := daemon_on_host(request.host, domain)) is not None:
+        # `<Name>.<PROXY_DOMAIN>`: every path is the daemon's, none the herder's.
+        handler = functools.partial(proxy.proxy_on_own_origin, name=own_origin)
+        cors = False
     if cors and method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return web.Response(status=204, headers=CORS_HEADERS)
     request_id = _request_id(request)

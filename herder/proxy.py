@@ -34,6 +34,7 @@ from yarl import URL
 from . import appkeys
 from .errors import NotFound, Unauthorized, UpstreamError, UpstreamTimeout
 from .ledger.lookup import RunningDaemon, find_running_daemon, find_running_daemons_named
+from .proxy_origins import SANDBOX, scope_cookie
 from .tokens import Claims, optional_claims, require_claims
 from .upstream import UpstreamBroken, UpstreamPool, UpstreamUnreachable
 
@@ -74,6 +75,9 @@ DROPPED_REQUEST_HEADERS = frozenset(
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-forwarded-prefix",
+        # What a client says of itself: the herder sets what it saw instead.
+        "forwarded",
+        "x-real-ip",
     }
 )
 # One set lookup per header on the hot path.
@@ -244,13 +248,19 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     return await forward(request, daemon, f"{PREFIX}/{name}")
 
 
+async def proxy_on_own_origin(request: web.Request, name: str) -> web.StreamResponse:
+    """A request to `<name>.<proxy_domain>`: the daemon's whole path, on its own origin."""
+    daemon = await _proxied_daemon(request, name)
+    return await forward(request, daemon, "")
+
+
 async def forward(request: web.Request, daemon: RunningDaemon, prefix: str) -> web.StreamResponse:
     """Relay one request (or WebSocket) to the daemon and its answer back."""
     if daemon.first_port is None:
         raise NotFound(f"daemon {daemon.container_name!r} publishes no port")
     if not daemon.address:
         raise UpstreamError(f"daemon {daemon.container_name!r} has no address")
-    path = _stripped_path(request)
+    path = _stripped_path(request) if prefix else request.rel_url.raw_path
     if path is None:
         if request.method in ("GET", "HEAD"):
             query = request.rel_url.raw_query_string
@@ -333,7 +343,9 @@ def _upstream_headers(request: web.Request, prefix: str, websocket: bool) -> CIM
     out["X-Forwarded-For"] = f"{earlier}, {remote}" if earlier else remote
     out["X-Forwarded-Proto"] = request.scheme
     out["X-Forwarded-Host"] = request.host
-    out["X-Forwarded-Prefix"] = prefix
+    if prefix:
+        out["X-Forwarded-Prefix"] = prefix
+    out["X-Real-IP"] = remote
     return out
 
 
@@ -346,7 +358,9 @@ def _copy_downstream_headers(
     length: bool,
 ) -> None:
     """The daemon's response headers into `out`, minus hop-by-hop ones (and
-    `Content-Length` unless `length`), with `Location` rewritten."""
+    `Content-Length` unless `length`), with `Location` rewritten, cookies
+    kept to the daemon and, on the path route (`prefix`), the sandbox policy
+    (`herder.proxy.origins`)."""
     named = _connection_named(incoming)
     for key, value in incoming.items():
         lower = key.lower()
@@ -354,9 +368,13 @@ def _copy_downstream_headers(
             continue
         if lower == "location":
             value = rewrite_location(value, daemon, prefix)
+        elif lower == "set-cookie":
+            value = scope_cookie(value, prefix)
         elif lower == "content-length" and not length:
             continue
         out.add(key, value)
+    if prefix:
+        out.add("Content-Security-Policy", SANDBOX)
 
 
 def rewrite_location(value: str, daemon: RunningDaemon, prefix: str) -> str:

@@ -100,30 +100,7 @@ async def test_a_proxied_page_cannot_read_what_the_herder_origin_stored(
     herder = f"http://127.0.0.1:{client.port}"
     prefix = f"/daemon/v1/proxy/{name}"
 
-    # What the browser is told: an opaque origin, cookies kept to the daemon.
-    resp = await client.get(f"{prefix}/")
-    csp = resp.headers.getall("Content-Security-Policy")
-    assert any(p.startswith("sandbox") and "allow-same-origin" not in p for p in csp), csp
-    cookies = sorted(resp.headers.getall("Set-Cookie"))
-    assert cookies == [
-        f"bare=1; Path={prefix}/",
-        f"tenant=1; Path={prefix}/",
-        f"wide=1; Path={prefix}/; HttpOnly",
-    ], cookies
-    # On its own origin, the daemon keeps its paths but no cookie reaches beyond its host.
     host = f"{name}.localhost:{client.port}"
-    resp = await client.get("/", headers={"Host": host})
-    assert resp.status == 200 and "reading" in await resp.text()
-    assert "Content-Security-Policy" not in resp.headers
-    assert sorted(resp.headers.getall("Set-Cookie")) == [
-        "bare=1",
-        "tenant=1; Path=/",
-        "wide=1; Path=/; HttpOnly",
-    ]
-    # The herder's own routes are not reachable on a daemon's host.
-    resp = await client.get("/token/v1/balance", headers={"Host": host, **auth(token)})
-    assert "credits" not in await resp.text()
-
     async with chromium(tmp_path / "profile") as page:
         await page.navigate(f"{herder}/golem/v1/")
         await page.evaluate(
@@ -146,6 +123,31 @@ async def test_a_proxied_page_cannot_read_what_the_herder_origin_stored(
         # The herder's origin still holds its value (the test would prove nothing otherwise).
         await page.navigate(f"{herder}/golem/v1/")
         assert await page.evaluate("localStorage.getItem('secret')") == SECRET
+        # and the daemon's cookies did not land on the herder's own paths.
+        assert "tenant" not in await page.evaluate("document.cookie")
+
+    # What the browser is told: an opaque origin, cookies kept to the daemon.
+    resp = await client.get(f"{prefix}/")
+    csp = resp.headers.getall("Content-Security-Policy")
+    assert any(p.startswith("sandbox") and "allow-same-origin" not in p for p in csp), csp
+    cookies = sorted(resp.headers.getall("Set-Cookie"))
+    assert cookies == [
+        f"bare=1; Path={prefix}/",
+        f"tenant=1; Path={prefix}/",
+        f"wide=1; Path={prefix}/; HttpOnly",
+    ], cookies
+    # On its own origin, the daemon keeps its paths but no cookie reaches beyond its host.
+    resp = await client.get("/", headers={"Host": host})
+    assert resp.status == 200 and "reading" in await resp.text()
+    assert "Content-Security-Policy" not in resp.headers
+    assert sorted(resp.headers.getall("Set-Cookie")) == [
+        "bare=1",
+        "tenant=1; Path=/",
+        "wide=1; Path=/; HttpOnly",
+    ]
+    # The herder's own routes are not reachable on a daemon's host.
+    resp = await client.get("/token/v1/balance", headers={"Host": host, **auth(token)})
+    assert "credits" not in await resp.text()
 
 
 async def test_an_html_minion_output_downloads_instead_of_rendering(
