@@ -45,6 +45,13 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["serve"], {"HERDER_IMAGES": "python"}, "HERDER_IMAGES"),
         (["serve"], {"HERDER_GOLEM_MEMORY_MB": "lots"}, "HERDER_GOLEM_MEMORY_MB"),
         (["serve"], {"HERDER_GOLEM_PIDS": "3"}, "HERDER_GOLEM_PIDS"),
+        (["serve"], {"HERDER_DAEMON_CAPABILITIES": "CHOWN,NOPE"}, "HERDER_DAEMON_CAPABILITIES"),
+        (["serve"], {"HERDER_GOLEM_OPEN_CONTROL": "perhaps"}, "HERDER_GOLEM_OPEN_CONTROL"),
+        (["serve"], {"HERDER_PROXY_DOMAIN": "http://apps.example"}, "HERDER_PROXY_DOMAIN"),
+        (["serve"], {"HERDER_PROXY_DOMAIN": "*.apps.example"}, "HERDER_PROXY_DOMAIN"),
+        (["serve"], {"HERDER_HEADER_TIMEOUT": "0"}, "HERDER_HEADER_TIMEOUT"),
+        (["serve"], {"HERDER_BODY_MIN_RATE": "fast"}, "HERDER_BODY_MIN_RATE"),
+        (["serve"], {"HERDER_CONNECTIONS_PER_CLIENT": "-1"}, "HERDER_CONNECTIONS_PER_CLIENT"),
         (["token", "create", "-e", "a@b.c"], {"HERDER_PUBLIC_URL": "ftp://x"}, "HERDER_PUBLIC_URL"),
     ],
 )
