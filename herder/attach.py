@@ -1,10 +1,5 @@
-"""`WS /daemon/v1/attach/{name}`: a WebSocket on a daemon's stdin and output.
-
-Only the daemon's owner may attach. Frames from the client go to the
-container's stdin (text as UTF-8, binary as is). Output comes back as text
-frames (UTF-8, invalid bytes replaced) or, with `?binary=1`, as raw binary
-frames; stdout and stderr are merged in the order the engine delivers them.
-The last `?tail=N` lines (default 100, at most 1000) are sent first.
+"""Attach sessions behind `WS /daemon/v1/attach/{name}` (a WebSocket on a
+daemon's stdin and output, served by `herder.api.attach`).
 
 One engine attachment per container is shared by all its clients
 (`AttachSession`): it keeps a ring of recent output (at most 1 MiB) for
@@ -25,31 +20,21 @@ twice in a replay (never in the live stream).
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
-from aiohttp import WSMsgType, web
-
-from . import appkeys
-from .errors import BadRequest, HerderError, ServiceUnavailable
-from .inputs import plain_int
+from .errors import ServiceUnavailable
 from .keyedlocks import KeyedLocks
-from .proxy import find_daemon
 from .runtime.base import Attachment, OutputChunk, Runtime
-from .tokens import require_claims
 
 log = logging.getLogger("herder.attach")
 
-DEFAULT_TAIL = 100
 MAX_TAIL = 1000
 RING_BYTES = 1 << 20
 QUEUE_FRAMES = 64
 SLOW_CLIENT_GRACE = 5.0
-SEND_BATCH_BYTES = 1 << 18
-WS_MAX_MESSAGE = 4 << 20
 
 CLOSE_STOPPED = (1001, "daemon stopped")
 CLOSE_LOST = (1011, "lost the connection to the daemon")
@@ -211,14 +196,6 @@ class AttachHub:
             await session.close()
 
 
-async def attach_hub_context(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: attach sessions end (clients told why) before the runtime closes."""
-    hub = AttachHub(app[appkeys.RUNTIME])
-    app[appkeys.ATTACH] = hub
-    yield
-    await hub.close()
-
-
 def last_lines(chunks: Iterable[OutputChunk], n: int) -> list[OutputChunk]:
     """The chunks holding the last `n` lines (a final unterminated line counts)."""
     chunks = list(chunks)
@@ -240,132 +217,3 @@ def last_lines(chunks: Iterable[OutputChunk], n: int) -> list[OutputChunk]:
             result.append(OutputChunk(chunk.stream, chunk.data[max(start - offset, 0) :]))
         offset = chunk_end
     return result
-
-
-# -- the route ----------------------------------------------------------------------
-
-routes = web.RouteTableDef()
-
-
-@routes.get("/daemon/v1/attach/{name}")
-async def attach(request: web.Request) -> web.StreamResponse:
-    claims = await require_claims(request)
-    daemon = await find_daemon(request.app, request.match_info["name"], claims.sub)
-    tail = _tail(request.query.get("tail"))
-    binary = _flag("binary", request.query.get("binary"))
-    with request.app[appkeys.STREAMS].hold(claims.sub):
-        return await serve_attach(
-            request, daemon.container_id or daemon.container_name, tail, binary
-        )
-
-
-def _tail(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return DEFAULT_TAIL
-    return plain_int(raw, MAX_TAIL, f"tail must be an integer from 0 to {MAX_TAIL}")
-
-
-def _flag(name: str, raw: str | None) -> bool:
-    value = (raw or "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise BadRequest(f"{name} must be 1 or 0")
-
-
-async def serve_attach(
-    request: web.Request, ref: str, tail: int, binary: bool
-) -> web.StreamResponse:
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=WS_MAX_MESSAGE)
-    if not ws.can_prepare(request).ok:
-        raise BadRequest("expected a WebSocket upgrade")
-    hub = request.app[appkeys.ATTACH]
-    session, subscriber = await hub.join(ref, tail)
-    try:
-        await ws.prepare(request)
-        with request.app[appkeys.METRICS].websocket("attach"):
-            await _run(ws, session, subscriber, binary)
-    finally:
-        await hub.leave(session, subscriber)
-    return ws
-
-
-async def _run(
-    ws: web.WebSocketResponse, session: AttachSession, subscriber: Subscriber, binary: bool
-) -> None:
-    sender = asyncio.create_task(_send_output(ws, subscriber, binary))
-    receiver = asyncio.create_task(_receive_input(ws, session, subscriber))
-    dropped = asyncio.create_task(subscriber.dropped.wait())
-    tasks = {sender, receiver, dropped}
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await task
-    if ws.closed:
-        return
-    try:
-        await asyncio.wait_for(
-            ws.close(code=subscriber.close_code, message=subscriber.close_reason.encode()), 5
-        )
-    except (TimeoutError, ConnectionError):
-        pass
-
-
-async def _send_output(ws: web.WebSocketResponse, subscriber: Subscriber, binary: bool) -> None:
-    decoders = {
-        stream: codecs.getincrementaldecoder("utf-8")(errors="replace") for stream in (1, 2)
-    }
-
-    async def send(chunks: list[OutputChunk], final: bool = False) -> None:
-        if binary:
-            data = b"".join(c.data for c in chunks)
-            if data:
-                await ws.send_bytes(data)
-            return
-        text = "".join(decoders.get(c.stream, decoders[1]).decode(c.data) for c in chunks)
-        if final:
-            text += "".join(d.decode(b"", final=True) for d in decoders.values())
-        if text:
-            await ws.send_str(text)
-
-    replay = subscriber.replay
-    for start in range(0, len(replay), 64):
-        await send(replay[start : start + 64])
-    subscriber.replay = []
-    queue = subscriber.queue
-    while True:
-        chunk = await queue.get()
-        batch: list[OutputChunk] = []
-        size = 0
-        while chunk is not None:
-            batch.append(chunk)
-            size += len(chunk.data)
-            if size >= SEND_BATCH_BYTES or queue.empty():
-                break
-            chunk = queue.get_nowait()
-        if chunk is None:
-            await send(batch, final=True)
-            return
-        await send(batch)
-
-
-async def _receive_input(
-    ws: web.WebSocketResponse, session: AttachSession, subscriber: Subscriber
-) -> None:
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            data = msg.data.encode()
-        elif msg.type == WSMsgType.BINARY:
-            data = msg.data
-        else:
-            continue
-        try:
-            await session.write(data)
-        except HerderError:
-            subscriber.drop(*CLOSE_STDIN)
-            return

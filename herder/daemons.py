@@ -1,7 +1,8 @@
 """Daemons: long-lived containers with ports and a data volume, metered while they run.
 
-`DaemonService` is where a daemon is spawned, listed and killed; the routes
-only parse the request and call it. Containers are found by their labels
+`DaemonService` is where a daemon is spawned, listed, killed, run a command
+in and read the output of; the routes (`herder.api.daemons`) only parse the
+request and call it. Containers are found by their labels
 (instance, kind, subject) and then by an exact comparison of the user name
 or container name, never by Docker's `name` filter (an unanchored regular
 expression: `a.b` would also match another subject's `axb`).
@@ -14,17 +15,14 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
-from . import appkeys
-from .errors import BadRequest, ImageNotFound, NoCredits, NotFound
-from .inputs import parse_json, read_form
+from .errors import BadRequest, Conflict, ImageNotFound, NoCredits, NotFound
 from .keyedlocks import KeyedLocks
 from .ledger import Ledger
+from .ledger.lookup import RunningDaemon, find_running_daemon, find_running_daemons_named
 from .metrics import Metrics
 from .runtime import ContainerInfo, Runtime
 from .runtime.base import (
@@ -35,16 +33,15 @@ from .runtime.base import (
     LABEL_MANAGED,
     LABEL_NAME,
     LABEL_SUBJECT,
+    OutputChunk,
     ServiceSpec,
 )
 from .settings import Settings
-from .tokens import Claims, require_claims
+from .tokens import Claims
 
 log = logging.getLogger("herder.daemons")
 
 KIND = "daemon"
-MAX_PORTS = 16
-MAX_FILES = 256
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 # A container name is `<name>-<jti>`; kill accepts either.
 CONTAINER_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}-[A-Za-z0-9_.-]{1,128}")
@@ -53,6 +50,9 @@ RESERVED_NAMES = frozenset(
     "bin boot dev etc home lib lib32 lib64 libx32 media minion mnt opt proc root run "
     "sbin srv sys tmp usr var".split()
 )
+# What `exec` keeps of each stream (the command is killed past it, see
+# `Runtime.exec`).
+EXEC_OUTPUT_LIMIT = 64 << 10
 FILE_COMPONENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 # The first part is a registry only with a '.' or a port, or as `localhost`
@@ -66,11 +66,9 @@ IMAGE_PATTERN = re.compile(
     rf"(?:{_IMAGE_DOMAIN})?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
-RESERVED_FIELDS = frozenset({"name", "image", "ports", "group"})
-PORTS_EXPECTED = 'ports must be a JSON list of port numbers, e.g. [80, "8080"]'
 
 
-# -- request validation -------------------------------------------------------
+# -- validation (pure) --------------------------------------------------------
 
 
 def check_name(name: str) -> str:
@@ -100,31 +98,6 @@ def check_image(image: str) -> str:
     return image
 
 
-def parse_ports(raw: str | None) -> tuple[int, ...]:
-    """`[80, 8080]` or `["80","8080"]` (JSON); absent, empty or `[]`: no ports."""
-    if raw is None or not raw.strip():
-        return ()
-    value = parse_json(raw, PORTS_EXPECTED)
-    if not isinstance(value, list):
-        raise BadRequest(PORTS_EXPECTED)
-    if len(value) > MAX_PORTS:
-        raise BadRequest(f"at most {MAX_PORTS} ports")
-    ports: list[int] = []
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, int | str):
-            raise BadRequest(f"port {item!r} is not a number")
-        if isinstance(item, str):
-            if not re.fullmatch(r"[0-9]{1,5}", item.strip()):
-                raise BadRequest(f"port {item!r} is not a number")
-            item = int(item)
-        if not 1 <= item <= 65535:
-            raise BadRequest(f"port {item} is out of range (1 to 65535)")
-        if item in ports:
-            raise BadRequest(f"port {item} is given twice")
-        ports.append(item)
-    return tuple(ports)
-
-
 def check_file_name(name: str) -> str:
     parts = name.split("/")
     if (
@@ -145,41 +118,6 @@ class SpawnRequest:
     ports: tuple[int, ...] = ()
     files: dict[str, bytes] = field(default_factory=dict)
     group: str | None = None
-
-
-async def parse_spawn(request: web.Request) -> SpawnRequest:
-    """Read the spawn form (urlencoded or multipart): name, image, ports, files."""
-    if not request.can_read_body:
-        raise BadRequest("expected a form with name and image")
-    max_bytes = request.app[appkeys.SETTINGS].max_body_bytes
-    values: dict[str, str] = {}
-    files: dict[str, bytes] = {}
-    seen: set[str] = set()
-    for item in await read_form(request, max_bytes):
-        key = item.name
-        if key in seen:
-            raise BadRequest(f"field {key[:100]!r} is given twice")
-        seen.add(key)
-        if key in RESERVED_FIELDS:
-            if item.is_file:
-                raise BadRequest(f"{key} must be a plain form field")
-            values[key] = item.text()
-            continue
-        check_file_name(key)
-        files[key] = item.data
-        if len(files) > MAX_FILES:
-            raise BadRequest(f"at most {MAX_FILES} files")
-    if "name" not in values:
-        raise BadRequest("name is required")
-    if "image" not in values:
-        raise BadRequest("image is required")
-    return SpawnRequest(
-        name=check_name(values["name"]),
-        image=check_image(values["image"].strip()),
-        ports=parse_ports(values.get("ports")),
-        files=files,
-        group=check_group(values["group"].strip()) if values.get("group", "").strip() else None,
-    )
 
 
 # -- the service --------------------------------------------------------------
@@ -228,16 +166,51 @@ class DaemonService:
             LABEL_SUBJECT: subject,
         }
 
-    async def _owned(
-        self, subject: str, name: str, *, or_container_name: bool = False
+    async def owned(
+        self, subject: str, *, name: str | None = None, group: str | None = None
     ) -> list[ContainerInfo]:
-        """The subject's daemons whose user name (or container name) is exactly `name`."""
+        """The subject's daemons on this herder (any state): of `group` when
+        given, and called `name` (user or container name) when given."""
+        labels = self._labels(subject)
+        if group is not None:
+            labels[LABEL_GROUP] = group
+        found = await self.runtime.list(labels)
+        if name is not None:
+            found = [c for c in found if name in (c.labels.get(LABEL_NAME), c.name)]
+        return found
+
+    async def find_owned(self, subject: str, name: str) -> ContainerInfo:
+        """The subject's daemon called `name` (any state); `NotFound` for
+        unknown names and others' daemons."""
+        found = await self.owned(subject, name=name)
+        if not found:
+            raise NotFound(f"no daemon named {name!r}")
+        return found[0]
+
+    async def find_running(self, subject: str | None, name: str) -> RunningDaemon:
+        """The running daemon `name` designates, from the registry.
+
+        `name` is a container name, or (given the caller's `subject`) the plain
+        name of exactly one of the caller's running daemons. When `subject` is
+        given, another subject's daemon is not found. Raises `NotFound`.
+        """
+        daemon = await self.running(name)
+        if daemon is None and subject is not None:
+            named = await find_running_daemons_named(self.ledger, self.instance, subject, name)
+            if len(named) == 1:
+                daemon = named[0]
+        if daemon is None or (subject is not None and daemon.subject != subject):
+            raise NotFound(f"no running daemon named {name!r}")
+        return daemon
+
+    async def running(self, container_name: str) -> RunningDaemon | None:
+        """The registry's running daemon of that container name, whoever owns it."""
+        return await find_running_daemon(self.ledger, self.instance, container_name)
+
+    async def _named(self, subject: str, user_name: str) -> list[ContainerInfo]:
+        """The subject's daemons whose user name is exactly `user_name`."""
         found = await self.runtime.list(self._labels(subject))
-        return [
-            c
-            for c in found
-            if c.labels.get(LABEL_NAME) == name or (or_container_name and c.name == name)
-        ]
+        return [c for c in found if c.labels.get(LABEL_NAME) == user_name]
 
     async def spawn(self, claims: Claims, request: SpawnRequest) -> Spawned:
         """Start the daemon `request.name` for the caller; an existing one of that
@@ -256,7 +229,7 @@ class DaemonService:
         if not await self.runtime.image_exists(request.image):
             raise ImageNotFound(f"image {request.image!r} is not available on this herder")
         async with self._locks.hold((claims.sub, request.name)):
-            for old in await self._owned(claims.sub, request.name):
+            for old in await self._named(claims.sub, request.name):
                 await self._remove(old)
             labels = self._labels(claims.sub) | {LABEL_JTI: claims.jti, LABEL_NAME: request.name}
             if request.group:
@@ -306,6 +279,59 @@ class DaemonService:
         log.info("daemon %s spawned for %s", info.name, claims.sub)
         return Spawned(name=info.name, address=info.address, ports=ports)
 
+    # -- commands and output -----------------------------------------------------
+
+    async def exec(self, subject: str, name: str, cmd: list[str], timeout: float) -> dict[str, Any]:
+        """Run `cmd` in the subject's daemon `name` (`NotFound` if there is none)."""
+        return await self._exec_in(await self.find_owned(subject, name), cmd, timeout)
+
+    async def exec_group(
+        self, subject: str, group: str, cmd: list[str], timeout: float
+    ) -> list[dict[str, Any]]:
+        """Run `cmd` in every daemon of the subject's `group` at once, by container name."""
+        daemons = await self.owned(subject, group=group)
+        results = await asyncio.gather(*(self._exec_in(d, cmd, timeout) for d in daemons))
+        return sorted(results, key=lambda r: str(r["Name"]))
+
+    async def _exec_in(
+        self, daemon: ContainerInfo, cmd: list[str], timeout: float
+    ) -> dict[str, Any]:
+        """Run `cmd` in one daemon; a stopped daemon is reported, not raised."""
+        entry: dict[str, Any] = {
+            "Name": daemon.name,
+            "Daemon": daemon.labels.get(LABEL_NAME, daemon.name),
+        }
+        if daemon.state != "running":
+            return {**entry, "ExitCode": None, "StdOut": "", "StdErr": "", "Error": "not running"}
+        try:
+            result = await self.runtime.exec(
+                daemon.id, cmd, timeout=timeout, limit=EXEC_OUTPUT_LIMIT
+            )
+        except (NotFound, Conflict):
+            return {**entry, "ExitCode": None, "StdOut": "", "StdErr": "", "Error": "not running"}
+        return {
+            **entry,
+            "ExitCode": result.exit_code,
+            "StdOut": result.stdout.decode(errors="replace"),
+            "StdErr": result.stderr.decode(errors="replace"),
+            "TimedOut": result.timed_out,
+            "Killed": result.killed,
+            "Truncated": result.truncated,
+            "Duration": result.seconds,
+        }
+
+    async def logs(
+        self, subject: str, name: str, *, tail: int | None, follow: bool
+    ) -> AsyncGenerator[OutputChunk, None]:
+        """The output of the subject's daemon `name` (`NotFound` if there is
+        none): the last `tail` lines (all when None), then, with `follow`,
+        new output until the daemon stops. Nothing is read from the engine
+        until the iterator is."""
+        daemon = await self.find_owned(subject, name)
+        return self.runtime.logs(daemon.id, tail=tail, follow=follow)
+
+    # -- listing and killing -----------------------------------------------------
+
     async def list(self, subject: str, group: str | None = None) -> list[dict[str, Any]]:
         """The subject's daemons (of `group`, when given), in Docker's list format."""
         labels = self._labels(subject)
@@ -319,13 +345,13 @@ class DaemonService:
         with `wipe`, delete its data volume too. 404 for anything not theirs."""
         if not (NAME_PATTERN.fullmatch(name) or CONTAINER_NAME_PATTERN.fullmatch(name)):
             raise NotFound(f"no daemon named {name[:100]!r}")
-        found = await self._owned(subject, name, or_container_name=True)
+        found = await self.owned(subject, name=name)
         if not found:
             # A daemon killed earlier without `wipe` left its data: wiping it
             # needs no container.
             if wipe and NAME_PATTERN.fullmatch(name) and name not in RESERVED_NAMES:
                 async with self._locks.hold((subject, name)):
-                    if not await self._owned(subject, name) and await self.runtime.remove_volume(
+                    if not await self._named(subject, name) and await self.runtime.remove_volume(
                         volume_name(self.instance, subject, name)
                     ):
                         log.info("data of daemon %s wiped for %s", name, subject)
@@ -335,7 +361,7 @@ class DaemonService:
         killed: list[str] = []
         for user_name in sorted(user_names):
             async with self._locks.hold((subject, user_name)):
-                for container in await self._owned(subject, user_name):
+                for container in await self._named(subject, user_name):
                     await self._remove(container)
                     killed.append(container.name)
                 if wipe and NAME_PATTERN.fullmatch(user_name):
@@ -349,7 +375,7 @@ class DaemonService:
         killed: list[str] = []
         for user_name in sorted({c.labels.get(LABEL_NAME, "") for c in members}):
             async with self._locks.hold((subject, user_name)):
-                for container in await self._owned(subject, user_name):
+                for container in await self._named(subject, user_name):
                     if container.labels.get(LABEL_GROUP) != group:
                         continue  # respawned meanwhile into another group
                     await self._remove(container)
@@ -381,56 +407,3 @@ def _listed(c: ContainerInfo) -> dict[str, Any]:
         "Created": raw.get("Created", c.created),
         "Labels": c.labels,
     }
-
-
-# -- routes -------------------------------------------------------------------
-
-routes = web.RouteTableDef()
-
-
-@routes.post("/daemon/v1/spawn")
-async def spawn(request: web.Request) -> web.Response:
-    claims = await require_claims(request)
-    spawn_request = await parse_spawn(request)
-    spawned = await request.app[appkeys.DAEMONS].spawn(claims, spawn_request)
-    return web.json_response(spawned.to_json())
-
-
-@routes.get("/daemon/v1/ls")
-async def ls(request: web.Request) -> web.Response:
-    claims = await require_claims(request)
-    group = request.query.get("group")
-    group = check_group(group) if group is not None else None
-    return web.json_response(await request.app[appkeys.DAEMONS].list(claims.sub, group))
-
-
-def _flag(values: Iterable[str]) -> bool:
-    return any(v.strip().lower() in ("1", "true", "yes", "on") for v in values)
-
-
-@routes.route("GET", "/daemon/v1/kill/{name}")
-@routes.route("POST", "/daemon/v1/kill/{name}")
-@routes.route("DELETE", "/daemon/v1/kill/{name}")
-async def kill(request: web.Request) -> web.Response:
-    claims = await require_claims(request)
-    wipe = _flag(request.query.getall("wipe", []))
-    result = await request.app[appkeys.DAEMONS].kill(
-        claims.sub, request.match_info["name"], wipe=wipe
-    )
-    return web.json_response(result)
-
-
-@routes.route("GET", "/daemon/v1/kill")
-@routes.route("POST", "/daemon/v1/kill")
-@routes.route("DELETE", "/daemon/v1/kill")
-async def kill_group(request: web.Request) -> web.Response:
-    """`?group=G`: kill every daemon of the caller's group G."""
-    claims = await require_claims(request)
-    group = request.query.get("group")
-    if group is None:
-        raise BadRequest("give ?group=G, or kill one daemon at /daemon/v1/kill/{name}")
-    wipe = _flag(request.query.getall("wipe", []))
-    result = await request.app[appkeys.DAEMONS].kill_group(
-        claims.sub, check_group(group), wipe=wipe
-    )
-    return web.json_response(result)

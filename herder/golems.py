@@ -1,4 +1,5 @@
-"""Golems: one headless-Chromium container per webstrate, and the emet script.
+"""Golems: one headless-Chromium container per webstrate, and the emet script
+(the routes are in `herder.api.golems`).
 
 - `GET /` and `GET /golem/v1/`: the emet bootstrap script (`static/emet.js`)
   with the herder's public URL filled in.
@@ -29,19 +30,15 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from aiohttp import web
-
-from . import appkeys
 from .errors import Conflict, NoCredits, NotFound, TooManyRequests
 from .keyedlocks import KeyedLocks
 from .ledger import Ledger
 from .metrics import Metrics
-from .relay import Relay, check_webstrate, key_digest
+from .relay import Relay, key_digest
 from .runtime import ContainerInfo, Runtime
 from .runtime.base import (
     LABEL_INSTANCE,
@@ -53,7 +50,6 @@ from .runtime.base import (
     ServiceSpec,
 )
 from .settings import Settings
-from .tokens import require_claims
 
 KIND = "golem"
 DEBUG_PORT = 9222
@@ -104,7 +100,7 @@ def render_emet(public_url: str) -> str:
     return template.replace(HERDER_URL_PLACEHOLDER, url).replace("HERDER/", public_url + "/")
 
 
-class Golems:
+class GolemService:
     """Spawns, lists, resets and kills golems through the Runtime."""
 
     def __init__(
@@ -271,74 +267,3 @@ class Golems:
         await self.ledger.close_workload(
             self.instance, info.id, at=time.time(), rate=self.settings.credit_rate
         )
-
-
-async def golems_context(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: needs the database, the runtime and the relay."""
-    settings = app[appkeys.SETTINGS]
-    script = await asyncio.to_thread(render_emet, settings.public_url)
-    app[appkeys.GOLEMS] = Golems(
-        settings,
-        app[appkeys.RUNTIME],
-        app[appkeys.LEDGER],
-        app[appkeys.RELAY],
-        app[appkeys.INSTANCE],
-        script,
-        app[appkeys.METRICS],
-    )
-    yield
-
-
-# -- handlers -----------------------------------------------------------------------
-
-routes = web.RouteTableDef()
-
-
-async def _owner(request: web.Request) -> Owner:
-    if not request.app[appkeys.SETTINGS].golem_require_token:
-        return Owner()
-    claims = await require_claims(request)
-    return Owner(subject=claims.sub, jti=claims.jti, metered=True)
-
-
-@routes.get("/")
-@routes.get("/golem/v1/")
-async def emet(request: web.Request) -> web.Response:
-    return web.Response(
-        text=request.app[appkeys.GOLEMS].emet_script,
-        content_type="text/javascript",
-        headers={"Cache-Control": "public, max-age=60"},
-    )
-
-
-@routes.get("/golem/v1/ls")
-async def ls(request: web.Request) -> web.Response:
-    golems = await request.app[appkeys.GOLEMS].ls()
-    return web.json_response([g.to_json() for g in golems])
-
-
-@routes.get("/golem/v1/spawn/{webstrate}")
-@routes.post("/golem/v1/spawn/{webstrate}")
-async def spawn(request: web.Request) -> web.Response:
-    webstrate = check_webstrate(request.match_info["webstrate"])
-    owner = await _owner(request)
-    golem, created = await request.app[appkeys.GOLEMS].spawn(webstrate, owner)
-    return web.json_response(golem.to_json(), status=201 if created else 200)
-
-
-@routes.get("/golem/v1/reset/{webstrate}")
-@routes.post("/golem/v1/reset/{webstrate}")
-async def reset(request: web.Request) -> web.Response:
-    webstrate = check_webstrate(request.match_info["webstrate"])
-    owner = await _owner(request)
-    golem = await request.app[appkeys.GOLEMS].reset(webstrate, owner)
-    return web.json_response(golem.to_json())
-
-
-@routes.get("/golem/v1/kill/{webstrate}")
-@routes.post("/golem/v1/kill/{webstrate}")
-async def kill(request: web.Request) -> web.Response:
-    webstrate = check_webstrate(request.match_info["webstrate"])
-    owner = await _owner(request)
-    golem = await request.app[appkeys.GOLEMS].kill(webstrate, owner)
-    return web.json_response(golem.to_json())

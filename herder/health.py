@@ -1,4 +1,5 @@
-"""`GET /healthz`: is the database reachable, is Docker reachable, how fast."""
+"""The health report behind `GET /healthz`: is the database reachable, is Docker
+reachable, how fast."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-
-from . import __version__, appkeys
+from . import __version__
+from .ledger import Ledger
+from .runtime import Runtime
 
 CHECK_TIMEOUT = 5.0
-
-routes = web.RouteTableDef()
 
 
 async def _timed(check: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
@@ -29,20 +28,13 @@ async def _timed(check: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
     return {"ok": True, "ms": round((time.monotonic() - started) * 1000, 1)}
 
 
-async def check_health(app: web.Application) -> dict[str, Any]:
-    database, docker = await asyncio.gather(
-        _timed(app[appkeys.LEDGER].ping), _timed(app[appkeys.RUNTIME].ping)
-    )
+async def check_health(ledger: Ledger, runtime: Runtime, instance: str) -> dict[str, Any]:
+    """The report; `ok` only when both the database and the engine answer."""
+    database, docker = await asyncio.gather(_timed(ledger.ping), _timed(runtime.ping))
     return {
         "ok": database["ok"] and docker["ok"],
         "version": __version__,
-        "instance": app[appkeys.INSTANCE],
+        "instance": instance,
         "database": database,
         "docker": docker,
     }
-
-
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    report = await check_health(request.app)
-    return web.json_response(report, status=200 if report["ok"] else 503)

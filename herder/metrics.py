@@ -1,12 +1,11 @@
-"""Prometheus metrics: `GET /metrics`, and the small API other modules call.
+"""Prometheus metrics (served at `GET /metrics`), and the small API other modules call.
 
-Each app owns a `Metrics` (under `appkeys.METRICS`) with its own
+Each app owns a `Metrics` (built in `herder.app`, handed to the services) with its own
 `CollectorRegistry`, never prometheus-client's global one: tests build many
 apps in one process, and two herders in one process must not share counts.
 
 Modules record what happened through methods named for the event:
 
-    metrics = request.app[appkeys.METRICS]
     metrics.spawned("minion", ok=True)         # a spawn finished (or failed)
     metrics.run_seconds("minion", 1.7)         # a workload ran this long
     metrics.proxied(bytes_in, bytes_out)       # one proxied request
@@ -23,23 +22,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from . import appkeys
-
 log = logging.getLogger("herder.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 KINDS = ("minion", "daemon", "golem")
 # Minions run for seconds, daemons and golems for minutes to days.
 RUN_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
-
-routes = web.RouteTableDef()
 
 
 HTTP_METHODS = frozenset(
@@ -187,6 +183,27 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    async def scrape(
+        self,
+        running_counts: Callable[[], Awaitable[dict[str, int]]],
+        total_charged: Callable[[], Awaitable[int]],
+    ) -> bytes:
+        """The exposition, with the two values read at scrape time refreshed
+        first (each left as it was when its source does not answer)."""
+        try:
+            counts: dict[str, int] | None = await running_counts()
+        except Exception:
+            log.warning("metrics: the container engine did not answer; running counts not updated")
+            counts = None
+        self.set_running(counts)
+        try:
+            charged: int | None = await total_charged()
+        except Exception:
+            log.warning("metrics: the database did not answer; credits charged not updated")
+            charged = None
+        self.set_charged(charged)
+        return self.exposition()
+
 
 class _ScrapedCounter(Collector):
     """A counter whose value is read from elsewhere (the ledger) at scrape time."""
@@ -201,23 +218,3 @@ class _ScrapedCounter(Collector):
 
     def collect(self) -> list[Metric]:
         return [CounterMetricFamily(self.name, self.documentation, value=self.value)]
-
-
-@routes.get("/metrics")
-async def metrics_route(request: web.Request) -> web.Response:
-    from .node import running_counts  # node imports nothing of ours but the runtime
-
-    metrics = request.app[appkeys.METRICS]
-    try:
-        counts: dict[str, int] | None = await running_counts(request.app)
-    except Exception:
-        log.warning("metrics: the container engine did not answer; running counts not updated")
-        counts = None
-    metrics.set_running(counts)
-    try:
-        charged: int | None = await request.app[appkeys.LEDGER].total_charged()
-    except Exception:
-        log.warning("metrics: the database did not answer; credits charged not updated")
-        charged = None
-    metrics.set_charged(charged)
-    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

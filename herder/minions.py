@@ -1,4 +1,5 @@
-"""Minions: short code runs in a language environment (`POST /minion/v1/spawn`).
+"""Minions: short code runs in a language environment (`POST /minion/v1/spawn`,
+whose handler is in `herder.api.minions`).
 
 A spawn names an environment (`env`, mapped to an image by the `images`
 setting), optionally an `output` file to hand back, and carries every other
@@ -13,14 +14,9 @@ import logging
 import math
 import mimetypes
 import urllib.parse
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from aiohttp import web
-
-from . import appkeys
 from .errors import BadRequest, ImageNotFound, MinionTimeout, NoCredits, UnknownEnv
-from .inputs import read_form
 from .ledger import Ledger
 from .metrics import Metrics
 from .runtime import RunResult, RunSpec, Runtime
@@ -33,7 +29,7 @@ from .runtime.base import (
     LABEL_SUBJECT,
 )
 from .settings import Settings
-from .tokens import Claims, require_claims
+from .tokens import Claims
 
 log = logging.getLogger("herder.minions")
 
@@ -165,48 +161,6 @@ class SpawnRequest:
     files: dict[str, bytes]
 
 
-class _Form:
-    """Collects fields, refusing duplicates and keeping control fields apart."""
-
-    def __init__(self) -> None:
-        self.control: dict[str, str] = {}
-        self.files: dict[str, bytes] = {}
-
-    def add(self, name: str, value: bytes) -> None:
-        if name in CONTROL_FIELDS:
-            if name in self.control:
-                raise BadRequest(f"field {name!r} given twice")
-            if len(value) > MAX_CONTROL_BYTES:
-                raise BadRequest(f"field {name!r} is too long")
-            try:
-                self.control[name] = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadRequest(f"field {name!r} is not UTF-8") from None
-            return
-        check_file_name(name)
-        if name in self.files:
-            raise BadRequest(f"file {name!r} given twice")
-        if len(self.files) >= MAX_FILES:
-            raise BadRequest(f"too many files (at most {MAX_FILES})")
-        self.files[name] = value
-
-
-async def read_spawn_request(request: web.Request, max_bytes: int) -> SpawnRequest:
-    """Parse an urlencoded or multipart spawn form, never holding more than
-    `max_bytes` of body; `env` and `output` may also come in the query string
-    (as Go's `FormValue` allowed)."""
-    form = _Form()
-    for item in await read_form(request, max_bytes, max_fields=MAX_FILES + len(CONTROL_FIELDS)):
-        form.add(item.name, item.data)
-    for name in sorted(CONTROL_FIELDS):
-        if name not in form.control and name in request.query:
-            form.add(name, request.query[name].encode("utf-8"))
-    output = form.control.get("output") or None
-    if output is not None:
-        check_file_name(output)
-    return SpawnRequest(env=form.control.get("env"), output=output, files=check_files(form.files))
-
-
 # -- the service ----------------------------------------------------------------
 
 
@@ -230,10 +184,10 @@ class MinionRun:
             notes.append(
                 self.result.output_note or f"output file {self.output_name!r} not returned"
             )
-        return _text(self.result.stderr) + "".join(f"\n[herder: {note}]\n" for note in notes)
+        return as_text(self.result.stderr) + "".join(f"\n[herder: {note}]\n" for note in notes)
 
 
-class Minions:
+class MinionService:
     """Spawns minions for token holders and charges their runs."""
 
     def __init__(
@@ -253,6 +207,13 @@ class Minions:
         # can cost. A run starts only when the balance covers what is held,
         # so concurrent runs overdraw a subject by at most one run.
         self._held: dict[str, int] = {}
+
+    async def envs(self) -> list[dict[str, object]]:
+        """The environments and their images, and whether each image is built here."""
+        return [
+            {"name": name, "image": image, "available": await self.runtime.image_exists(image)}
+            for name, image in sorted(self.settings.images.items())
+        ]
 
     def labels(self, claims: Claims, env: str) -> dict[str, str]:
         return {
@@ -326,8 +287,8 @@ class Minions:
         if result.timed_out:
             raise MinionTimeout(
                 f"minion ran over its {self.settings.minion_timeout:g} s and was killed",
-                StdOut=_text(result.stdout),
-                StdErr=_text(result.stderr),
+                StdOut=as_text(result.stdout),
+                StdErr=as_text(result.stderr),
                 ExitCode=None,
                 Duration=round(result.duration, 3),
             )
@@ -340,66 +301,6 @@ class Minions:
         )
 
 
-def _text(data: bytes) -> str:
+def as_text(data: bytes) -> str:
+    """Output bytes as text, invalid UTF-8 replaced."""
     return data.decode("utf-8", errors="replace")
-
-
-# -- routes ---------------------------------------------------------------------
-
-routes = web.RouteTableDef()
-
-
-@routes.post("/minion/v1/spawn")
-async def spawn(request: web.Request) -> web.StreamResponse:
-    claims = await require_claims(request)
-    settings = request.app[appkeys.SETTINGS]
-    spawn_request = await read_spawn_request(request, settings.max_body_bytes)
-    run = await request.app[appkeys.MINIONS].spawn(claims, spawn_request)
-    result = run.result
-    headers = {
-        "X-Minion-Exit-Code": str(result.exit_code),
-        "X-Minion-Duration": f"{result.duration:.3f}",
-        "X-Minion-Credits": str(run.credits),
-    }
-    if run.output_name is not None and result.output is not None:
-        content_type = mime_type(run.output_name)
-        return web.Response(
-            body=result.output,
-            content_type=content_type,
-            headers=headers | output_headers(run.output_name, content_type),
-        )
-    body = {
-        "StdOut": _text(result.stdout),
-        "StdErr": run.stderr_text(),
-        "ExitCode": result.exit_code,
-        "Duration": round(result.duration, 3),
-    }
-    if result.oom_killed:
-        body["OOMKilled"] = True
-    return web.json_response(body, headers=headers)
-
-
-@routes.get("/minion/v1/envs")
-async def envs(request: web.Request) -> web.Response:
-    """The environments and their images, and whether each image is built here."""
-    settings = request.app[appkeys.SETTINGS]
-    runtime = request.app[appkeys.RUNTIME]
-    listed = [
-        {"name": name, "image": image, "available": await runtime.image_exists(image)}
-        for name, image in sorted(settings.images.items())
-    ]
-    return web.json_response({"envs": listed})
-
-
-async def minions_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The minion service. Minions a crash left behind are removed at start by
-    the reconciler (`herder.reconcile`), with every unknown container."""
-    minions = Minions(
-        app[appkeys.SETTINGS],
-        app[appkeys.LEDGER],
-        app[appkeys.RUNTIME],
-        app[appkeys.INSTANCE],
-        app[appkeys.METRICS],
-    )
-    app[appkeys.MINIONS] = minions
-    yield

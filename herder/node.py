@@ -1,4 +1,4 @@
-"""`GET /node/v1/specs`: what this host offers (P2PRC's server specs).
+"""What this host offers (P2PRC's server specs), served at `GET /node/v1/specs`.
 
 CPUs, memory, the data dir's disk, GPUs (from `nvidia-smi` when present,
 else an empty list), the Docker Engine's version and the workloads of this
@@ -15,27 +15,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from . import __version__, appkeys
-from .runtime.base import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED
+from . import __version__
+from .runtime.base import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, Runtime
 
 KINDS = ("minion", "daemon", "golem")
 NVIDIA_SMI_TIMEOUT = 5.0
 
-routes = web.RouteTableDef()
 
-
-async def running_counts(app: web.Application) -> dict[str, int]:
+async def running_counts(runtime: Runtime, instance: str) -> dict[str, int]:
     """Running containers of this herder instance, by `herder.kind`.
 
     Asked of the runtime each time (never a counter kept by hand), so it is
     right after restarts and crashes. Raises `RuntimeUnavailable` when the
     engine does not answer.
     """
-    containers = await app[appkeys.RUNTIME].list(
-        {LABEL_MANAGED: "1", LABEL_INSTANCE: app[appkeys.INSTANCE]}, all=False
-    )
+    containers = await runtime.list({LABEL_MANAGED: "1", LABEL_INSTANCE: instance}, all=False)
     counts = dict.fromkeys(KINDS, 0)
     for container in containers:
         kind = container.labels.get(LABEL_KIND, "")
@@ -131,14 +125,13 @@ def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
     return result
 
 
-async def specs(app: web.Application) -> dict[str, Any]:
+async def specs(runtime: Runtime, instance: str, data_dir: Path) -> dict[str, Any]:
     """The node's specs document."""
-    runtime = app[appkeys.RUNTIME]
     facts, gpu_list, version, running = await asyncio.gather(
-        asyncio.to_thread(_host_facts, app[appkeys.SETTINGS].data_dir),
+        asyncio.to_thread(_host_facts, data_dir),
         gpus(),
         runtime.version(),
-        running_counts(app),
+        running_counts(runtime, instance),
     )
     return {
         **facts,
@@ -150,10 +143,5 @@ async def specs(app: web.Application) -> dict[str, Any]:
             "Arch": str(version.get("Arch", "")),
         },
         "Running": running,
-        "Herder": {"Version": __version__, "Instance": app[appkeys.INSTANCE]},
+        "Herder": {"Version": __version__, "Instance": instance},
     }
-
-
-@routes.get("/node/v1/specs")
-async def specs_route(request: web.Request) -> web.Response:
-    return web.json_response(await specs(request.app))

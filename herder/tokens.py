@@ -1,4 +1,5 @@
-"""RS512 JWTs: creation, validation, the token routes and request auth.
+"""RS512 JWTs: creation and validation (`TokenService`); the routes and request
+auth are in `herder.api.tokens` and `herder.api.auth`.
 
 Validation pins the algorithm (RS512, hard-coded) and the herder's own public
 key; header fields such as `jku`, `x5u` or `jwk` are never consulted. A token
@@ -7,18 +8,14 @@ is never logged.
 
 from __future__ import annotations
 
-import hmac
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from aiohttp import web
 
-from . import appkeys
-from .errors import BadRequest, MethodNotAllowed, NotFound, Unauthorized
-from .inputs import read_form, read_json, shown
+from .errors import BadRequest, Unauthorized
 from .ledger import Ledger
 from .settings import Settings
 from .signing import KeyPair
@@ -150,99 +147,3 @@ def _claims_from(payload: dict[str, Any], max_credits: int) -> Claims:
         crd=crd,
         app=str(payload.get("app", APP)),
     )
-
-
-def token_from_request(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
-    if header is not None:
-        scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip() or " " in value.strip():
-            raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
-        return value.strip()
-    return request.query.get("token") or None
-
-
-async def require_claims(request: web.Request) -> Claims:
-    """The caller's validated claims; 401 when the token is missing or bad."""
-    token = token_from_request(request)
-    if token is None:
-        raise Unauthorized("a token is required (Authorization: Bearer, or ?token=)")
-    return await request.app[appkeys.TOKENS].authenticate(token)
-
-
-async def optional_claims(request: web.Request) -> Claims | None:
-    token = token_from_request(request)
-    if token is None:
-        return None
-    return await request.app[appkeys.TOKENS].authenticate(token)
-
-
-# -- routes -------------------------------------------------------------------
-
-routes = web.RouteTableDef()
-
-
-async def _params(request: web.Request) -> dict[str, str]:
-    """The query, updated by a POST's JSON object or form (its plain fields)."""
-    params = dict(request.query)
-    if request.method != "POST" or not request.can_read_body:
-        return params
-    if request.content_type == "application/json":
-        body = await read_json(request, "expected a JSON object")
-        if not isinstance(body, dict):
-            raise BadRequest("expected a JSON object")
-        for key, value in body.items():
-            if isinstance(value, bool) or not isinstance(value, str | int):
-                raise BadRequest(f"{shown(key)} must be a string or an integer")
-            params[key] = str(value)
-    else:
-        max_bytes = request.app[appkeys.SETTINGS].max_body_bytes
-        for item in await read_form(request, max_bytes):
-            if not item.is_file:
-                params[item.name] = item.text()
-    return params
-
-
-@routes.route("GET", "/token/v1/generate")
-@routes.route("POST", "/token/v1/generate")
-async def generate(request: web.Request) -> web.Response:
-    settings = request.app[appkeys.SETTINGS]
-    if not settings.token_password:
-        raise MethodNotAllowed("token generation is disabled: no password is configured")
-    params = await _params(request)
-    given = params.get("password", "")
-    if not hmac.compare_digest(given.encode(), settings.token_password.encode()):
-        raise Unauthorized("wrong password")
-    raw_credits = params.get("credits", "")
-    try:
-        credits = int(raw_credits) if raw_credits else settings.default_credits
-    except ValueError:
-        raise BadRequest("credits must be an integer") from None
-    token, claims = request.app[appkeys.TOKENS].create(params.get("email", ""), credits)
-    return web.json_response({"token": token, "email": claims.sub, "credits": claims.crd})
-
-
-@routes.get("/token/v1/balance")
-async def balance(request: web.Request) -> web.Response:
-    """The caller's subject and remaining credits (a herder extension)."""
-    claims = await require_claims(request)
-    account = await request.app[appkeys.LEDGER].balance(claims.sub)
-    return web.json_response(
-        {
-            "email": claims.sub,
-            "jti": claims.jti,
-            "credits": account.remaining,
-            "granted": account.granted,
-        }
-    )
-
-
-@routes.get("/token/v1/inspect/{token}")
-async def inspect(request: web.Request) -> web.Response:
-    token = request.match_info["token"]
-    try:
-        claims = await request.app[appkeys.TOKENS].authenticate(token)
-    except Unauthorized:
-        raise NotFound("invalid token") from None
-    balance = await request.app[appkeys.LEDGER].balance(claims.sub)
-    return web.json_response({"token": token, "email": claims.sub, "credits": balance.remaining})

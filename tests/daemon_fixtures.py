@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from herder import appkeys
+from herder.api import keys as appkeys
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.ledger import Workload
 from herder.runtime import DockerRuntime
 from herder.settings import STREAM_CONNECTIONS, Settings
@@ -79,6 +79,9 @@ async def test_logs_tail_and_owner_only(client: Any, make_token: Any, spawn: Spa
         await asyncio.sleep(0.1)
     assert text.splitlines() == ["oops", "line1", "line2", "line3", "line4", "line5"]
     assert (await _logs(client, token, "talker", "?tail=2")).splitlines() == ["line4", "line5"]
+    # `follow=on` is no follow (only 1, true and yes are): the answer ends.
+    ended = await asyncio.wait_for(_logs(client, token, "talker", "?tail=1&follow=on"), 20)
+    assert ended.splitlines() == ["line5"]
 
     resp = await client.get("/daemon/v1/logs/talker", headers=auth(other))
     assert resp.status == 404 and "talker" in (await resp.json())["error"]

@@ -13,7 +13,7 @@ import aiodocker
 import aiohttp
 import pytest
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.settings import Settings
 from herder.signing import instance_id
 
@@ -200,6 +200,14 @@ async def test_data_kept_across_respawn_and_wiped_on_request(
     assert await instance_volumes(docker, instance) == []
     resp = await client.get("/daemon/v1/kill/keep?wipe=true", headers=auth(token))
     assert resp.status == 404
+
+    # `wipe=on` wipes as `wipe=true` does.
+    resp = await spawn(client, token, name="keep", image=image, ports="[80]")
+    assert resp.status == 200
+    assert len(await instance_volumes(docker, instance)) == 1
+    resp = await client.get("/daemon/v1/kill/keep?wipe=on", headers=auth(token))
+    assert (await resp.json())["Wiped"] is True
+    assert await instance_volumes(docker, instance) == []
 
 
 async def test_anonymous_volumes_of_an_image_go_with_its_containers(

@@ -25,7 +25,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from sqlalchemy import select
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.ledger import Workload
 from herder.relay import key_digest
@@ -59,7 +59,7 @@ async def instance_containers(docker: aiodocker.Docker, settings: Settings) -> l
 
 
 @dataclass
-class Herder:
+class ServedHerder:
     settings: Settings
     app: web.Application
     url: str
@@ -85,11 +85,11 @@ async def herder(
 ) -> AsyncIterator[HerderMaker]:
     """Start real herders (on `host`, port picked by binding); remove their
     golems afterwards, dumping the logs of golems left running."""
-    started: list[Herder] = []
+    started: list[ServedHerder] = []
 
     async def start(
         host: str = "127.0.0.1", data_dir: Path | None = None, **overrides: Any
-    ) -> Herder:
+    ) -> ServedHerder:
         sock = socket.socket()
         sock.bind((host, 0))
         sock.listen(128)
@@ -102,7 +102,7 @@ async def herder(
         runner = web.AppRunner(app)
         await runner.setup()
         await web.SockSite(runner, sock).start()
-        one = Herder(settings, app, url, aiohttp.ClientSession(), runner)
+        one = ServedHerder(settings, app, url, aiohttp.ClientSession(), runner)
         started.append(one)
         return one
 
@@ -119,7 +119,7 @@ def sign(settings: Settings, email: str, credits: int = 1000) -> str:
     return service.create(email, credits, 1)[0]
 
 
-async def workloads(herder: Herder) -> list[Any]:
+async def workloads(herder: ServedHerder) -> list[Any]:
     async with herder.app[appkeys.LEDGER].read() as conn:
         return list((await conn.execute(select(Workload).order_by(Workload.id))).all())
 
@@ -164,7 +164,7 @@ setTimeout(() => console.log(JSON.stringify({
 """
 
 
-async def run_emet_in_node(docker: aiodocker.Docker, one: Herder, user_agent: str) -> Any:
+async def run_emet_in_node(docker: aiodocker.Docker, one: ServedHerder, user_agent: str) -> Any:
     """Run the served emet script in Node with a browser's globals stubbed."""
     async with one.http.get(one.url + "/") as resp:
         script = await resp.text()
@@ -384,7 +384,7 @@ async def test_metered_golem_is_charged_and_stopped_when_credits_run_out(
 SLEEPER_IMAGE = "herder-test/busybox-sleep:1"
 
 
-async def rows_by_name(one: Herder) -> list[tuple[str, str, str]]:
+async def rows_by_name(one: ServedHerder) -> list[tuple[str, str, str]]:
     return [(r.name, r.state, r.container_id) for r in await workloads(one)]
 
 

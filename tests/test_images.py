@@ -15,7 +15,7 @@ from typing import Any
 import aiodocker
 import pytest
 
-from herder.images import ImageBuildError, build_images, known_builds
+from herder.runtime.images import ImageBuildError, build_images, known_builds
 from herder.settings import Settings
 
 pytestmark = pytest.mark.docker

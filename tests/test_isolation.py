@@ -15,7 +15,7 @@ from typing import Any
 import aiodocker
 import pytest
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.settings import Settings
 
 from .conftest import TokenMaker, auth, eventually, make_settings

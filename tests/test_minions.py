@@ -142,7 +142,7 @@ def test_run_config_carries_every_limit() -> None:
 
 
 @dataclass
-class Herder:
+class MinionClient:
     client: TestClient[Any, Any]
     settings: Settings
     token: str
@@ -190,15 +190,15 @@ class Herder:
         return token
 
 
-HerderMaker = Callable[..., Awaitable[Herder]]
+MinionClientMaker = Callable[..., Awaitable[MinionClient]]
 
 
 @pytest.fixture
-async def make_herder(tmp_path: Path, aiohttp_client: Callable[..., Any]) -> HerderMaker:
-    async def make(**overrides: Any) -> Herder:
+async def make_herder(tmp_path: Path, aiohttp_client: Callable[..., Any]) -> MinionClientMaker:
+    async def make(**overrides: Any) -> MinionClient:
         settings = make_settings(tmp_path / f"herder{next(_dirs)}", **overrides)
         client = await aiohttp_client(create_app(settings))
-        herder = Herder(client, settings, "")
+        herder = MinionClient(client, settings, "")
         herder.token = herder.make_token()
         return herder
 
@@ -206,7 +206,7 @@ async def make_herder(tmp_path: Path, aiohttp_client: Callable[..., Any]) -> Her
 
 
 @pytest.fixture
-async def herder(make_herder: HerderMaker) -> Herder:
+async def herder(make_herder: MinionClientMaker) -> MinionClient:
     return await make_herder()
 
 
@@ -226,7 +226,7 @@ HELLO = {
 
 @docker
 @pytest.mark.parametrize("env", sorted(HELLO))
-async def test_hello_world(herder: Herder, env: str) -> None:
+async def test_hello_world(herder: MinionClient, env: str) -> None:
     script, name, source = HELLO[env]
     before = await herder.remaining()
     body = await herder.run(script, env=env, files={name: source})
@@ -244,7 +244,7 @@ Hello from \LaTeX{} in a minion.
 
 
 @docker
-async def test_latex_turns_tex_into_pdf(herder: Herder) -> None:
+async def test_latex_turns_tex_into_pdf(herder: MinionClient) -> None:
     resp = await herder.spawn(
         env="latex",
         files={
@@ -261,7 +261,7 @@ async def test_latex_turns_tex_into_pdf(herder: Herder) -> None:
 
 
 @docker
-async def test_stdout_and_stderr_apart_and_exit_code(herder: Herder) -> None:
+async def test_stdout_and_stderr_apart_and_exit_code(herder: MinionClient) -> None:
     body = await herder.run("echo to-out; echo to-err >&2; echo more-out; exit 3\n")
     assert body["StdOut"] == "to-out\nmore-out\n"
     assert body["StdErr"] == "to-err\n"
@@ -269,7 +269,7 @@ async def test_stdout_and_stderr_apart_and_exit_code(herder: Herder) -> None:
 
 
 @docker
-async def test_output_file_is_returned_with_its_mime_type(herder: Herder) -> None:
+async def test_output_file_is_returned_with_its_mime_type(herder: MinionClient) -> None:
     resp = await herder.spawn(
         files={"main.sh": "mkdir -p out && printf 'a,b\\n1,2\\n' > out/table.csv\n"},
         output="out/table.csv",
@@ -280,14 +280,14 @@ async def test_output_file_is_returned_with_its_mime_type(herder: Herder) -> Non
 
 
 @docker
-async def test_missing_output_file_falls_back_to_json(herder: Herder) -> None:
+async def test_missing_output_file_falls_back_to_json(herder: MinionClient) -> None:
     body = await herder.run("echo ran\n", output="nothing.txt")
     assert body["StdOut"] == "ran\n" and body["ExitCode"] == 0
     assert "'nothing.txt' was not found" in body["StdErr"]
 
 
 @docker
-async def test_multipart_files_binary_and_nested(herder: Herder) -> None:
+async def test_multipart_files_binary_and_nested(herder: MinionClient) -> None:
     blob = bytes(range(256)) * 64
     form = aiohttp.FormData()
     form.add_field("env", "python")
@@ -305,7 +305,7 @@ async def test_multipart_files_binary_and_nested(herder: Herder) -> None:
 
 
 @docker
-async def test_sandbox_user_filesystem_and_privileges(herder: Herder) -> None:
+async def test_sandbox_user_filesystem_and_privileges(herder: MinionClient) -> None:
     script = (
         "id -u; "
         "touch /minion/ok && echo minion-writable; "
@@ -339,7 +339,7 @@ def _multipart(fields: list[tuple[str, bytes]]) -> tuple[bytes, str]:
 @docker
 @pytest.mark.parametrize("name", ["../x", "/etc/x", "a/../../b", "a\x00b"])
 @pytest.mark.parametrize("form", ["urlencoded", "multipart"])
-async def test_hostile_file_names_are_refused(herder: Herder, name: str, form: str) -> None:
+async def test_hostile_file_names_are_refused(herder: MinionClient, name: str, form: str) -> None:
     before = await herder.remaining()
     if form == "urlencoded":
         resp = await herder.spawn(files={"main.sh": "echo hi", name: "x"})
@@ -359,7 +359,7 @@ async def test_hostile_file_names_are_refused(herder: Herder, name: str, form: s
 @docker
 @malformed(MALFORMED_FORMS)
 async def test_malformed_forms_are_refused(
-    herder: Herder, body: bytes, content_type: str, word: str
+    herder: MinionClient, body: bytes, content_type: str, word: str
 ) -> None:
     before = await herder.remaining()
     resp = await herder.client.post(
@@ -372,7 +372,7 @@ async def test_malformed_forms_are_refused(
 
 
 @docker
-async def test_output_outside_minion_is_refused(herder: Herder) -> None:
+async def test_output_outside_minion_is_refused(herder: MinionClient) -> None:
     resp = await herder.spawn(files={"main.sh": "echo hi"}, output="../../etc/passwd")
     assert resp.status == 400
     text = await resp.text()
@@ -391,7 +391,7 @@ async def test_output_outside_minion_is_refused(herder: Herder) -> None:
     ],
 )
 async def test_output_never_follows_a_link_or_returns_a_non_file(
-    herder: Herder, script: str, output: str
+    herder: MinionClient, script: str, output: str
 ) -> None:
     resp = await herder.spawn(files={"main.sh": script}, output=output)
     assert resp.status == 200
@@ -402,7 +402,7 @@ async def test_output_never_follows_a_link_or_returns_a_non_file(
 
 
 @docker
-async def test_ten_megabyte_body_gets_413_urlencoded(herder: Herder) -> None:
+async def test_ten_megabyte_body_gets_413_urlencoded(herder: MinionClient) -> None:
     before = await herder.remaining()
     resp = await herder.spawn(files={"main.sh": "echo hi", "big": "x" * 10_000_000})
     assert resp.status == 413
@@ -411,7 +411,7 @@ async def test_ten_megabyte_body_gets_413_urlencoded(herder: Herder) -> None:
 
 
 @docker
-async def test_ten_megabyte_streamed_multipart_gets_413(herder: Herder) -> None:
+async def test_ten_megabyte_streamed_multipart_gets_413(herder: MinionClient) -> None:
     before = await herder.remaining()
     boundary = "b0undary"
 
@@ -441,7 +441,7 @@ async def test_ten_megabyte_streamed_multipart_gets_413(herder: Herder) -> None:
 
 
 @docker
-async def test_unknown_and_missing_env_are_400(herder: Herder) -> None:
+async def test_unknown_and_missing_env_are_400(herder: MinionClient) -> None:
     resp = await herder.spawn(env="cobol", files={"main.sh": "echo"})
     assert resp.status == 400
     body = await resp.json()
@@ -452,7 +452,7 @@ async def test_unknown_and_missing_env_are_400(herder: Herder) -> None:
 
 
 @docker
-async def test_bad_requests(herder: Herder) -> None:
+async def test_bad_requests(herder: MinionClient) -> None:
     resp = await herder.client.post("/minion/v1/spawn", data={"env": "python"})
     assert resp.status == 401
     resp = await herder.client.post(
@@ -466,7 +466,7 @@ async def test_bad_requests(herder: Herder) -> None:
 
 
 @docker
-async def test_no_credits_is_402_and_nothing_runs(herder: Herder) -> None:
+async def test_no_credits_is_402_and_nothing_runs(herder: MinionClient) -> None:
     broke = herder.make_token(credits=0)
     resp = await herder.spawn(files={"main.sh": "echo hi"}, token=broke)
     assert resp.status == 402
@@ -475,7 +475,7 @@ async def test_no_credits_is_402_and_nothing_runs(herder: Herder) -> None:
 
 
 @docker
-async def test_concurrent_runs_cannot_overdraw_a_subject(make_herder: HerderMaker) -> None:
+async def test_concurrent_runs_cannot_overdraw_a_subject(make_herder: MinionClientMaker) -> None:
     """Credits are checked before a run and charged after it: the runs in
     flight hold what they may cost, so five at once with 1 credit start one."""
     herder = await make_herder(minion_timeout=2)
@@ -498,7 +498,7 @@ async def test_concurrent_runs_cannot_overdraw_a_subject(make_herder: HerderMake
 
 
 @docker
-async def test_missing_image_is_404_naming_it(make_herder: HerderMaker) -> None:
+async def test_missing_image_is_404_naming_it(make_herder: MinionClientMaker) -> None:
     herder = await make_herder(images="python=herder/python:bookworm,ghost=herder/ghost:never")
     resp = await herder.spawn(env="ghost", files={"main.sh": "echo"})
     assert resp.status == 404
@@ -507,7 +507,7 @@ async def test_missing_image_is_404_naming_it(make_herder: HerderMaker) -> None:
 
 
 @docker
-async def test_envs_lists_environments_and_images(make_herder: HerderMaker) -> None:
+async def test_envs_lists_environments_and_images(make_herder: MinionClientMaker) -> None:
     herder = await make_herder(images="python=herder/python:bookworm,ghost=herder/ghost:never")
     resp = await herder.client.get("/minion/v1/envs")
     assert resp.status == 200
@@ -521,7 +521,9 @@ async def test_envs_lists_environments_and_images(make_herder: HerderMaker) -> N
 
 
 @docker
-async def test_timeout_kills_and_answers_504_with_partial_output(make_herder: HerderMaker) -> None:
+async def test_timeout_kills_and_answers_504_with_partial_output(
+    make_herder: MinionClientMaker,
+) -> None:
     herder = await make_herder(minion_timeout=2)
     before = await herder.remaining()
     resp = await herder.spawn(
@@ -535,7 +537,7 @@ async def test_timeout_kills_and_answers_504_with_partial_output(make_herder: He
 
 
 @docker
-async def test_five_megabytes_of_stdout_are_capped(herder: Herder) -> None:
+async def test_five_megabytes_of_stdout_are_capped(herder: MinionClient) -> None:
     body = await herder.run("head -c 5000000 /dev/zero | tr '\\0' x; echo done >&2\n")
     limit = herder.settings.minion_output_limit
     assert body["StdOut"].startswith("x" * limit)
@@ -545,7 +547,7 @@ async def test_five_megabytes_of_stdout_are_capped(herder: Herder) -> None:
 
 
 @docker
-async def test_network_is_off_by_default(herder: Herder) -> None:
+async def test_network_is_off_by_default(herder: MinionClient) -> None:
     script = (
         "import socket\n"
         "try:\n"
@@ -561,7 +563,7 @@ async def test_network_is_off_by_default(herder: Herder) -> None:
 
 
 @docker
-async def test_a_networked_minion_is_on_the_herder_network(make_herder: HerderMaker) -> None:
+async def test_a_networked_minion_is_on_the_herder_network(make_herder: MinionClientMaker) -> None:
     herder = await make_herder(minion_network="true")
     # The default route's gateway, from the kernel's table (no tools needed).
     script = (
@@ -583,7 +585,7 @@ async def test_a_networked_minion_is_on_the_herder_network(make_herder: HerderMa
 
 
 @docker
-async def test_fork_bomb_is_stopped_by_the_pids_limit(make_herder: HerderMaker) -> None:
+async def test_fork_bomb_is_stopped_by_the_pids_limit(make_herder: MinionClientMaker) -> None:
     herder = await make_herder(minion_pids=32, minion_timeout=5)
     counter = (
         "import os, time\n"
@@ -609,7 +611,7 @@ async def test_fork_bomb_is_stopped_by_the_pids_limit(make_herder: HerderMaker) 
 
 
 @docker
-async def test_memory_hog_is_killed_and_reported(make_herder: HerderMaker) -> None:
+async def test_memory_hog_is_killed_and_reported(make_herder: MinionClientMaker) -> None:
     herder = await make_herder(minion_memory_mb=64)
     hog = "chunks = []\nwhile True:\n    chunks.append(b'x' * (8 << 20))\n"
     body = await herder.run("exec python3 hog.py", files={"hog.py": hog})
@@ -619,7 +621,7 @@ async def test_memory_hog_is_killed_and_reported(make_herder: HerderMaker) -> No
 
 
 @docker
-async def test_two_minions_run_concurrently(herder: Herder) -> None:
+async def test_two_minions_run_concurrently(herder: MinionClient) -> None:
     first, second = await asyncio.gather(
         herder.run("sleep 1; echo one"), herder.run("sleep 1; echo two")
     )

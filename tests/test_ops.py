@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.logfmt import JsonFormatter, RequestIdFilter
 from herder.node import parse_nvidia_smi
@@ -460,7 +460,7 @@ async def test_a_cancelled_request_is_logged_as_499_not_500(tmp_path: Path, capl
     not a server error: the log line and the metrics say 499."""
     from aiohttp.test_utils import make_mocked_request
 
-    from herder.app import request_middleware
+    from herder.api.middleware import request_middleware
 
     app = create_app(make_settings(tmp_path / "d"))
     request = make_mocked_request("GET", "/daemon/v1/logs/x", app=app)

@@ -1,6 +1,8 @@
-"""The wheel carries what the herder reads at run time: migrations and image files.
+"""The wheel carries what the herder reads at run time: every package,
+migrations and image files.
 
-Installed from a wheel (no repository beside it), `herder db upgrade` must
+Installed from a wheel (no repository beside it), the app must import (a
+package missing from pyproject's list fails here), `herder db upgrade` must
 find the Alembic scripts and `herder images` must find the Dockerfiles.
 """
 
@@ -32,12 +34,13 @@ def test_wheel_ships_migrations_and_image_files(tmp_path: Path) -> None:
     env.update(PYTHONPATH=str(target), HERDER_DATA_DIR=str(tmp_path / "data"))
     where = subprocess.run(
         [sys.executable, "-c",
-         "import herder, herder.bundled as b; print(herder.__file__); "
+         "import herder, herder.app, herder.cli, herder.bundled as b; "
+         "print(herder.__file__); print(herder.app.__file__); "
          "print(b.migrations_dir()); print(b.images_dir())"],
         env=env, cwd=tmp_path, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    module, migrations, images = (Path(line) for line in where.stdout.split())
-    assert module.is_relative_to(target)
+    module, app, migrations, images = (Path(line) for line in where.stdout.split())
+    assert module.is_relative_to(target) and app.is_relative_to(target)
     assert migrations.is_relative_to(target) and (migrations / "env.py").is_file()
     assert images.is_relative_to(target)
     for build in (ROOT / "images").iterdir():

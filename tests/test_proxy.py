@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from herder import appkeys
+from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.settings import Settings
 

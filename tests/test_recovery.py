@@ -42,7 +42,7 @@ def free_port() -> int:
         return port
 
 
-class Herder:
+class HerderProcess:
     """`python -m herder serve` as a child process on a data dir."""
 
     def __init__(self, data_dir: Path, log: Path) -> None:
@@ -97,8 +97,8 @@ class Herder:
 
 
 @pytest.fixture
-def herder(settings: Settings, tmp_path: Path) -> Iterator[Herder]:
-    herder = Herder(settings.data_dir, tmp_path / "herder.log")
+def herder(settings: Settings, tmp_path: Path) -> Iterator[HerderProcess]:
+    herder = HerderProcess(settings.data_dir, tmp_path / "herder.log")
     yield herder
     herder.kill(signal.SIGTERM)
 
@@ -111,7 +111,7 @@ async def session(docker: aiodocker.Docker, settings: Settings) -> AsyncIterator
 
 
 async def test_sigkill_restart_resumes_metering_and_charges_downtime_once(
-    herder: Herder, session: aiohttp.ClientSession, make_token: TokenMaker
+    herder: HerderProcess, session: aiohttp.ClientSession, make_token: TokenMaker
 ) -> None:
     image = await ensure_busybox_image()
     token = make_token(credits=1000)
@@ -153,7 +153,10 @@ async def test_sigkill_restart_resumes_metering_and_charges_downtime_once(
 
 
 async def test_sigterm_ends_follows_and_attaches_and_leaves_daemons_running(
-    herder: Herder, session: aiohttp.ClientSession, make_token: TokenMaker, docker: aiodocker.Docker
+    herder: HerderProcess,
+    session: aiohttp.ClientSession,
+    make_token: TokenMaker,
+    docker: aiodocker.Docker,
 ) -> None:
     """Shutdown does not wait on clients: a log follow ends, an attach socket
     closes with 1001, the process exits (aiohttp would otherwise wait up to a

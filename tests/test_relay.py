@@ -18,7 +18,8 @@ import pytest
 from aiohttp import WSMsgType, WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 
-from herder import appkeys, relay
+from herder import relay
+from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.relay import QUEUE_BYTES
 from herder.settings import Settings

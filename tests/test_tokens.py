@@ -135,7 +135,7 @@ async def test_revoked_token_is_refused(client: Any, settings: Settings, make_to
     token = make_token()
     assert (await client.get("/token/v1/balance", headers=auth(token))).status == 200
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-    ledger = client.app[__import__("herder.appkeys", fromlist=["LEDGER"]).LEDGER]
+    ledger = client.app[__import__("herder.api.keys", fromlist=["LEDGER"]).LEDGER]
     assert await ledger.revoke(jti)
     resp = await client.get("/token/v1/balance", headers=auth(token))
     assert resp.status == 401

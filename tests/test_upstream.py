@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from herder.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnreachable
+from herder.proxy.lean import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnreachable
 
 
 @dataclass

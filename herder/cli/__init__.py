@@ -119,7 +119,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return serve(settings)
     if command == "images":
-        from ..images import main_build
+        from ..runtime.images import main_build
 
         return main_build(settings, list(args.names), bool(args.force))
     handler = {

@@ -1,19 +1,8 @@
-"""The reverse proxy into daemons: `ANY /daemon/v1/proxy/{name}/{path}`.
+"""Relaying one request to a daemon and its answer back (see `herder.proxy`).
 
-Requests go to the daemon's first container port at the address recorded in
-the registry when it was spawned, and nowhere else. Bodies are streamed both
-ways (never read whole, so `client_max_size` does not apply: aiohttp enforces
-it only in `read()`, `post()` and `json()`), WebSocket upgrades are relayed
-frame by frame, the prefix is stripped, `X-Forwarded-*` are set, hop-by-hop
-headers and the caller's credentials (`Authorization`, `Cookie`, `?token=`)
-are dropped, and a `Location` pointing into the daemon is rewritten under the
-prefix. Plain GETs and HEADs (no body) take the lean client of
-`herder.upstream`; everything else goes through one aiohttp session.
-
-`{name}` is the container name `<name>-<jti>`; with a valid token the
-caller's own plain `<name>` works too when it picks exactly one running
-daemon. Public by default (a daemon publishes its web port);
-`proxy_require_token` makes it owner-only.
+The header rules (hop-by-hop, credentials, `X-Forwarded-*`, `Location`),
+then one of three paths: the lean client for plain GETs and HEADs, the
+aiohttp session for everything with a body, and WebSockets frame by frame.
 """
 
 from __future__ import annotations
@@ -21,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from urllib.parse import unquote_plus
 
 import aiohttp
@@ -31,23 +18,18 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from . import appkeys
-from .errors import NotFound, Unauthorized, UpstreamError, UpstreamTimeout
-from .ledger.lookup import RunningDaemon, find_running_daemon, find_running_daemons_named
-from .proxy_origins import SANDBOX, scope_cookie
-from .tokens import Claims, optional_claims, require_claims
-from .upstream import UpstreamBroken, UpstreamPool, UpstreamUnreachable
+from ..errors import NotFound, UpstreamError, UpstreamTimeout
+from ..ledger.lookup import RunningDaemon
+from ..metrics import Metrics
+from .lean import UpstreamBroken, UpstreamUnreachable
+from .origins import SANDBOX, scope_cookie
+from .upstreams import Upstreams
 
 log = logging.getLogger("herder.proxy")
 
 PREFIX = "/daemon/v1/proxy"
 CHUNK = 1 << 16
 WS_MAX_MESSAGE = 16 << 20
-# Positive lookups are cached this long: a request burst costs one query.
-# Kills and container stops drop the entry at once (`upstreams_context`).
-LOOKUP_TTL = 1.0
-LOOKUP_CACHE_SIZE = 4096
-
 # RFC 9110 7.6.1, plus the legacy names proxies still see.
 HOP_BY_HOP = frozenset(
     {
@@ -96,166 +78,15 @@ WEBSOCKET_HANDSHAKE_HEADERS = frozenset(
 )
 
 
-@dataclass
-class Upstreams:
-    """The proxy's one client session to daemons (keep-alive pooled) and its
-    lookup cache. Timeouts are per phase: connecting, and each read; there is
-    no total, which would cut long downloads and WebSockets."""
-
-    session: aiohttp.ClientSession
-    connect_timeout: float = 10.0
-    read_timeout: float = 300.0
-    # Plain GETs and HEADs (most requests) go through this lean client instead.
-    pool: UpstreamPool = field(default_factory=UpstreamPool)
-
-    def __post_init__(self) -> None:
-        self._cache: dict[str, tuple[float, RunningDaemon]] = {}
-        self._loading: dict[str, asyncio.Future[RunningDaemon | None]] = {}
-        self._timeout_for: tuple[float, float] | None = None
-        self._timeout = aiohttp.ClientTimeout()
-
-    @classmethod
-    def create(cls) -> Upstreams:
-        connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=30, force_close=False)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),  # one session serves everyone: keep no cookies
-            auto_decompress=False,  # bodies pass through as the daemon encoded them
-            trust_env=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        )
-        return cls(session)
-
-    @property
-    def timeout(self) -> aiohttp.ClientTimeout:
-        """The per-phase timeouts, built once (and again if the fields change)."""
-        key = (self.connect_timeout, self.read_timeout)
-        if key != self._timeout_for:
-            self._timeout = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=key[0], sock_read=key[1]
-            )
-            self._timeout_for = key
-        return self._timeout
-
-    def cached(self, container_name: str) -> RunningDaemon | None:
-        """The daemon of that container name if the cache holds it (fresh)."""
-        entry = self._cache.get(container_name)
-        if entry is not None and entry[0] >= time.monotonic():
-            return entry[1]
-        return None
-
-    async def lookup(
-        self, container_name: str, load: Callable[[], Awaitable[RunningDaemon | None]]
-    ) -> RunningDaemon | None:
-        """The daemon of that container name, from the cache or `load`.
-
-        Found daemons are cached for `LOOKUP_TTL`; concurrent misses for one
-        name share a single `load`, so a burst never queues up queries.
-        """
-        daemon = self.cached(container_name)
-        if daemon is not None:
-            return daemon
-        pending = self._loading.get(container_name)
-        if pending is None:
-            pending = asyncio.ensure_future(load())
-            self._loading[container_name] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(container_name, None))
-        daemon = await asyncio.shield(pending)
-        if daemon is not None:
-            self._remember(daemon)
-        return daemon
-
-    def _remember(self, daemon: RunningDaemon) -> None:
-        if len(self._cache) >= LOOKUP_CACHE_SIZE:
-            now = time.monotonic()
-            self._cache = {k: v for k, v in self._cache.items() if v[0] >= now}
-            if len(self._cache) >= LOOKUP_CACHE_SIZE:
-                self._cache.clear()
-        self._cache[daemon.container_name] = (time.monotonic() + LOOKUP_TTL, daemon)
-
-    def forget(self, container_name: str) -> None:
-        self._cache.pop(container_name, None)
-
-    async def close(self) -> None:
-        await self.pool.close()
-        await self.session.close()
-
-
-async def upstreams_context(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: the shared upstream session lives as long as the app."""
-    upstreams = Upstreams.create()
-    app[appkeys.UPSTREAMS] = upstreams
-    # A daemon that goes is forgotten at once, not when its cache entry expires.
-    app[appkeys.DAEMONS].on_removed.append(upstreams.forget)
-    app[appkeys.RECONCILER].on_closed.append(upstreams.forget)
-    yield
-    await upstreams.close()
-
-
-# -- finding the daemon ------------------------------------------------------------
-
-
-async def find_daemon(app: web.Application, name: str, subject: str | None) -> RunningDaemon:
-    """The running daemon `name` designates, from the registry.
-
-    `name` is a container name, or (given the caller's `subject`) the plain
-    name of exactly one of the caller's running daemons. When `subject` is
-    given, another subject's daemon is not found. Raises `NotFound`.
-    """
-    ledger, instance = app[appkeys.LEDGER], app[appkeys.INSTANCE]
-    daemon = await find_running_daemon(ledger, instance, name)
-    if daemon is None and subject is not None:
-        named = await find_running_daemons_named(ledger, instance, subject, name)
-        if len(named) == 1:
-            daemon = named[0]
-    if daemon is None or (subject is not None and daemon.subject != subject):
-        raise NotFound(f"no running daemon named {name!r}")
-    return daemon
-
-
-async def _proxied_daemon(request: web.Request, name: str) -> RunningDaemon:
-    app = request.app
-    if app[appkeys.SETTINGS].proxy_require_token:
-        owner = await require_claims(request)
-        return await find_daemon(app, name, owner.sub)
-    upstreams = app[appkeys.UPSTREAMS]
-    daemon = upstreams.cached(name)
-    if daemon is not None:
-        return daemon
-    ledger, instance = app[appkeys.LEDGER], app[appkeys.INSTANCE]
-    daemon = await upstreams.lookup(name, lambda: find_running_daemon(ledger, instance, name))
-    if daemon is None:
-        # Public mode: a plain name needs the caller's token to say whose it is.
-        claims: Claims | None = None
-        with contextlib.suppress(Unauthorized):
-            claims = await optional_claims(request)
-        if claims is None:
-            raise NotFound(f"no running daemon named {name!r}")
-        return await find_daemon(app, name, claims.sub)
-    return daemon
-
-
-# -- the route ------------------------------------------------------------------------
-
-routes = web.RouteTableDef()
-
-
-@routes.route("*", PREFIX + "/{name}")
-@routes.route("*", PREFIX + "/{name}/{path:.*}")
-async def proxy(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
-    daemon = await _proxied_daemon(request, name)
-    return await forward(request, daemon, f"{PREFIX}/{name}")
-
-
-async def proxy_on_own_origin(request: web.Request, name: str) -> web.StreamResponse:
-    """A request to `<name>.<proxy_domain>`: the daemon's whole path, on its own origin."""
-    daemon = await _proxied_daemon(request, name)
-    return await forward(request, daemon, "")
-
-
-async def forward(request: web.Request, daemon: RunningDaemon, prefix: str) -> web.StreamResponse:
-    """Relay one request (or WebSocket) to the daemon and its answer back."""
+async def forward(
+    request: web.Request,
+    daemon: RunningDaemon,
+    prefix: str,
+    upstreams: Upstreams,
+    metrics: Metrics,
+) -> web.StreamResponse:
+    """Relay one request (or WebSocket) to the daemon and its answer back;
+    body bytes and WebSockets are counted in `metrics`."""
     if daemon.first_port is None:
         raise NotFound(f"daemon {daemon.container_name!r} publishes no port")
     if not daemon.address:
@@ -269,13 +100,12 @@ async def forward(request: web.Request, daemon: RunningDaemon, prefix: str) -> w
     query = _query_without_token(request)
     websocket = _is_websocket_upgrade(request)
     headers = _upstream_headers(request, prefix, websocket)
-    upstreams = request.app[appkeys.UPSTREAMS]
     if not websocket and request.method in _LEAN_METHODS and not request.body_exists:
         head = _request_head(
             request.method, daemon.address, daemon.first_port, path, query, headers
         )
         if head is not None:
-            return await _relay_lean(request, upstreams, head, daemon, prefix)
+            return await _relay_lean(request, upstreams, metrics, head, daemon, prefix)
     target = URL.build(
         scheme="http",
         host=daemon.address,
@@ -285,8 +115,8 @@ async def forward(request: web.Request, daemon: RunningDaemon, prefix: str) -> w
         encoded=True,
     )
     if websocket:
-        return await _relay_websocket(request, upstreams, target, headers)
-    return await _relay_http(request, upstreams, target, headers, daemon, prefix)
+        return await _relay_websocket(request, upstreams, metrics, target, headers)
+    return await _relay_http(request, upstreams, metrics, target, headers, daemon, prefix)
 
 
 def _stripped_path(request: web.Request) -> str | None:
@@ -422,6 +252,7 @@ def _upstream_failure(exc: BaseException, host: str | None) -> Exception:
 async def _relay_http(
     request: web.Request,
     upstreams: Upstreams,
+    metrics: Metrics,
     target: URL,
     headers: CIMultiDict[str],
     daemon: RunningDaemon,
@@ -478,7 +309,7 @@ async def _relay_http(
                     request.transport.close()
         return response
     finally:
-        request.app[appkeys.METRICS].proxied(counted.sent, counted.returned)
+        metrics.proxied(counted.sent, counted.returned)
 
 
 class _Counted:
@@ -522,6 +353,7 @@ def _request_head(
 async def _relay_lean(
     request: web.Request,
     upstreams: Upstreams,
+    metrics: Metrics,
     head: bytes,
     daemon: RunningDaemon,
     prefix: str,
@@ -578,7 +410,7 @@ async def _relay_lean(
         finally:
             upstream.close()
     finally:
-        request.app[appkeys.METRICS].proxied(0, returned)
+        metrics.proxied(0, returned)
 
 
 # -- WebSocket ------------------------------------------------------------------------------
@@ -594,7 +426,11 @@ def _close_code(code: object) -> int:
 
 
 async def _relay_websocket(
-    request: web.Request, upstreams: Upstreams, target: URL, headers: CIMultiDict[str]
+    request: web.Request,
+    upstreams: Upstreams,
+    metrics: Metrics,
+    target: URL,
+    headers: CIMultiDict[str],
 ) -> web.StreamResponse:
     protocols = [
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
@@ -623,7 +459,7 @@ async def _relay_websocket(
     )
     try:
         await client.prepare(request)
-        with request.app[appkeys.METRICS].websocket("proxy"):
+        with metrics.websocket("proxy"):
             await _pump_both_ways(client, upstream)
     finally:
         if not upstream.closed:

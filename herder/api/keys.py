@@ -1,4 +1,7 @@
-"""Every piece of shared application state, as typed `web.AppKey`s."""
+"""Every piece of shared application state, as typed `web.AppKey`s.
+
+Read by the handlers (`herder.api`) and set by the composition root
+(`herder.app`); the services these keys name never import this module."""
 
 from __future__ import annotations
 
@@ -7,20 +10,20 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from .attach import AttachHub
-    from .daemons import DaemonService
-    from .golems import Golems
-    from .ledger import Ledger
-    from .metering import Meter
-    from .metrics import Metrics
-    from .minions import Minions
-    from .proxy import Upstreams
-    from .reconcile import Reconciler
-    from .relay import Relay
-    from .runtime import Runtime
-    from .settings import Settings
-    from .streams import StreamLimits
-    from .tokens import TokenService
+    from ..attach import AttachHub
+    from ..daemons import DaemonService
+    from ..golems import GolemService
+    from ..ledger import Ledger
+    from ..metering import Meter
+    from ..metrics import Metrics
+    from ..minions import MinionService
+    from ..proxy.upstreams import Upstreams
+    from ..reconcile import Reconciler
+    from ..relay import Relay
+    from ..runtime import Runtime
+    from ..settings import Settings
+    from ..stream_limits import StreamLimits
+    from ..tokens import TokenService
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 LEDGER: web.AppKey[Ledger] = web.AppKey("ledger")
@@ -29,9 +32,9 @@ TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 INSTANCE: web.AppKey[str] = web.AppKey("instance")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
-MINIONS: web.AppKey[Minions] = web.AppKey("minions")
+MINIONS: web.AppKey[MinionService] = web.AppKey("minions")
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
-GOLEMS: web.AppKey[Golems] = web.AppKey("golems")
+GOLEMS: web.AppKey[GolemService] = web.AppKey("golems")
 DAEMONS: web.AppKey[DaemonService] = web.AppKey("daemons")
 METER: web.AppKey[Meter] = web.AppKey("meter")
 RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")

@@ -1,4 +1,4 @@
-"""Reading what clients send: forms, JSON bodies, numbers in query strings.
+"""Reading what clients send: forms, JSON bodies, numbers and flags in query strings.
 
 Every route reads client input through these helpers, so every client
 mistake is a `BadRequest` naming it, never a 500: a multipart body without
@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError, InvalidHeader
 
-from .errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, PayloadTooLarge
 
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
@@ -179,3 +179,22 @@ def plain_int(raw: str, maximum: int, error: str) -> int:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_DIGITS or int(raw) > maximum:
         raise BadRequest(error)
     return int(raw)
+
+
+# Query flags: `?wipe=on`, `?binary=1`, `?follow=yes`.
+FLAG_ON = frozenset({"1", "true", "yes", "on"})
+FLAG_OFF = frozenset({"", "0", "false", "no", "off"})
+
+
+def query_flag(raw: str | None, *, on: frozenset[str] = FLAG_ON, strict: str | None = None) -> bool:
+    """A query flag's value: True when `raw` (trimmed, any case) is one of `on`.
+
+    Anything else (absent included) is False; with `strict` (the flag's
+    name), a value in neither `on` nor `FLAG_OFF` is a `BadRequest`.
+    """
+    value = (raw or "").strip().lower()
+    if value in on:
+        return True
+    if strict is not None and value not in FLAG_OFF:
+        raise BadRequest(f"{strict} must be 1 or 0")
+    return False

@@ -29,8 +29,8 @@ from urllib.parse import urlencode
 import aiodocker
 from aiodocker.exceptions import DockerError
 
-from .bundled import images_dir
-from .settings import Settings
+from ..bundled import images_dir
+from ..settings import Settings
 
 UPSTREAM_BASE = "debian:bookworm-slim"
 BASE_REPO, BASE_TAG = "herder/base", "bookworm"

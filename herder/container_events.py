@@ -11,11 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 
-from aiohttp import web
-
-from . import appkeys
 from .runtime.base import (
     LABEL_GROUP,
     LABEL_INSTANCE,
@@ -23,6 +19,7 @@ from .runtime.base import (
     LABEL_MANAGED,
     LABEL_NAME,
     LABEL_SUBJECT,
+    Runtime,
     RuntimeEvent,
 )
 
@@ -58,9 +55,9 @@ def log_event(event: RuntimeEvent) -> None:
     )
 
 
-async def follow_events(app: web.Application) -> None:
-    runtime = app[appkeys.RUNTIME]
-    labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: app[appkeys.INSTANCE]}
+async def follow_events(runtime: Runtime, instance: str) -> None:
+    """Log the events of this instance's containers until cancelled (an owned task)."""
+    labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: instance}
     backoff = 1.0
     while True:
         try:
@@ -76,12 +73,3 @@ async def follow_events(app: web.Application) -> None:
                 log.warning("container event stream lost (%s); following again", type(exc).__name__)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF)
-
-
-async def container_event_log(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: the event-following task lives as long as the app."""
-    task = asyncio.create_task(follow_events(app), name="herder-container-event-log")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

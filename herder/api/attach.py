@@ -1,0 +1,145 @@
+"""`WS /daemon/v1/attach/{name}`: a WebSocket on a daemon's stdin and output.
+
+Only the daemon's owner may attach. Frames from the client go to the
+container's stdin (text as UTF-8, binary as is). Output comes back as text
+frames (UTF-8, invalid bytes replaced) or, with `?binary=1`, as raw binary
+frames; stdout and stderr are merged in the order the engine delivers them.
+The last `?tail=N` lines (default 100, at most 1000) are sent first. The
+sessions shared by a container's clients are `herder.attach`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+
+from aiohttp import WSMsgType, web
+
+from ..attach import CLOSE_STDIN, MAX_TAIL, AttachSession, Subscriber
+from ..errors import BadRequest, HerderError
+from ..runtime.base import OutputChunk
+from . import keys
+from .auth import require_claims
+from .inputs import plain_int, query_flag
+
+DEFAULT_TAIL = 100
+SEND_BATCH_BYTES = 1 << 18
+WS_MAX_MESSAGE = 4 << 20
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/daemon/v1/attach/{name}")
+async def attach(request: web.Request) -> web.StreamResponse:
+    claims = await require_claims(request)
+    daemon = await request.app[keys.DAEMONS].find_running(claims.sub, request.match_info["name"])
+    tail = _tail(request.query.get("tail"))
+    binary = query_flag(request.query.get("binary"), strict="binary")
+    with request.app[keys.STREAMS].hold(claims.sub):
+        return await serve_attach(
+            request, daemon.container_id or daemon.container_name, tail, binary
+        )
+
+
+def _tail(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_TAIL
+    return plain_int(raw, MAX_TAIL, f"tail must be an integer from 0 to {MAX_TAIL}")
+
+
+async def serve_attach(
+    request: web.Request, ref: str, tail: int, binary: bool
+) -> web.StreamResponse:
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=WS_MAX_MESSAGE)
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("expected a WebSocket upgrade")
+    hub = request.app[keys.ATTACH]
+    session, subscriber = await hub.join(ref, tail)
+    try:
+        await ws.prepare(request)
+        with request.app[keys.METRICS].websocket("attach"):
+            await _run(ws, session, subscriber, binary)
+    finally:
+        await hub.leave(session, subscriber)
+    return ws
+
+
+async def _run(
+    ws: web.WebSocketResponse, session: AttachSession, subscriber: Subscriber, binary: bool
+) -> None:
+    sender = asyncio.create_task(_send_output(ws, subscriber, binary))
+    receiver = asyncio.create_task(_receive_input(ws, session, subscriber))
+    dropped = asyncio.create_task(subscriber.dropped.wait())
+    tasks = {sender, receiver, dropped}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await task
+    if ws.closed:
+        return
+    try:
+        await asyncio.wait_for(
+            ws.close(code=subscriber.close_code, message=subscriber.close_reason.encode()), 5
+        )
+    except (TimeoutError, ConnectionError):
+        pass
+
+
+async def _send_output(ws: web.WebSocketResponse, subscriber: Subscriber, binary: bool) -> None:
+    decoders = {
+        stream: codecs.getincrementaldecoder("utf-8")(errors="replace") for stream in (1, 2)
+    }
+
+    async def send(chunks: list[OutputChunk], final: bool = False) -> None:
+        if binary:
+            data = b"".join(c.data for c in chunks)
+            if data:
+                await ws.send_bytes(data)
+            return
+        text = "".join(decoders.get(c.stream, decoders[1]).decode(c.data) for c in chunks)
+        if final:
+            text += "".join(d.decode(b"", final=True) for d in decoders.values())
+        if text:
+            await ws.send_str(text)
+
+    replay = subscriber.replay
+    for start in range(0, len(replay), 64):
+        await send(replay[start : start + 64])
+    subscriber.replay = []
+    queue = subscriber.queue
+    while True:
+        chunk = await queue.get()
+        batch: list[OutputChunk] = []
+        size = 0
+        while chunk is not None:
+            batch.append(chunk)
+            size += len(chunk.data)
+            if size >= SEND_BATCH_BYTES or queue.empty():
+                break
+            chunk = queue.get_nowait()
+        if chunk is None:
+            await send(batch, final=True)
+            return
+        await send(batch)
+
+
+async def _receive_input(
+    ws: web.WebSocketResponse, session: AttachSession, subscriber: Subscriber
+) -> None:
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            data = msg.data.encode()
+        elif msg.type == WSMsgType.BINARY:
+            data = msg.data
+        else:
+            continue
+        try:
+            await session.write(data)
+        except HerderError:
+            subscriber.drop(*CLOSE_STDIN)
+            return

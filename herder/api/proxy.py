@@ -1,0 +1,64 @@
+"""`ANY /daemon/v1/proxy/{name}/{path}`: find the daemon `{name}` designates,
+then relay to it (`herder.proxy`).
+
+`{name}` is the container name `<name>-<jti>`; with a valid token the
+caller's own plain `<name>` works too when it picks exactly one running
+daemon. Public by default; `proxy_require_token` makes it owner-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiohttp import web
+
+from ..errors import NotFound, Unauthorized
+from ..ledger.lookup import RunningDaemon
+from ..proxy.forward import PREFIX, forward
+from ..tokens import Claims
+from . import keys
+from .auth import optional_claims, require_claims
+
+
+async def _proxied_daemon(request: web.Request, name: str) -> RunningDaemon:
+    app = request.app
+    daemons = app[keys.DAEMONS]
+    if app[keys.SETTINGS].proxy_require_token:
+        owner = await require_claims(request)
+        return await daemons.find_running(owner.sub, name)
+    upstreams = app[keys.UPSTREAMS]
+    daemon = upstreams.cached(name)
+    if daemon is not None:
+        return daemon
+    daemon = await upstreams.lookup(name, lambda: daemons.running(name))
+    if daemon is None:
+        # Public mode: a plain name needs the caller's token to say whose it is.
+        claims: Claims | None = None
+        with contextlib.suppress(Unauthorized):
+            claims = await optional_claims(request)
+        if claims is None:
+            raise NotFound(f"no running daemon named {name!r}")
+        return await daemons.find_running(claims.sub, name)
+    return daemon
+
+
+routes = web.RouteTableDef()
+
+
+@routes.route("*", PREFIX + "/{name}")
+@routes.route("*", PREFIX + "/{name}/{path:.*}")
+async def proxy(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    daemon = await _proxied_daemon(request, name)
+    app = request.app
+    return await forward(
+        request, daemon, f"{PREFIX}/{name}", app[keys.UPSTREAMS], app[keys.METRICS]
+    )
+
+
+async def proxy_on_own_origin(request: web.Request, name: str) -> web.StreamResponse:
+    """A request to `<name>.<proxy_domain>` (the middleware routes it here):
+    the daemon's whole path, on an origin of its own."""
+    daemon = await _proxied_daemon(request, name)
+    app = request.app
+    return await forward(request, daemon, "", app[keys.UPSTREAMS], app[keys.METRICS])

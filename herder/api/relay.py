@@ -1,0 +1,169 @@
+"""The relay's three WebSockets: `/golem/v1/connect/{webstrate}`,
+`/minion/v1/connect/{webstrate}` and `/golem/v1/connect-to/{webstrate}/{minion}`
+(what each carries is told in `herder.relay`)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..errors import BadRequest, Unauthorized
+from ..relay import (
+    CLOSE_GOLEM_GONE,
+    CLOSE_TIMEOUT,
+    HEARTBEAT,
+    MAX_FRAME_BYTES,
+    MINION_TYPE_MAX,
+    Frame,
+    GolemSession,
+    MinionSession,
+    Peer,
+    Relay,
+    check_webstrate,
+    event,
+)
+from . import keys
+
+log = logging.getLogger("herder.relay")
+
+routes = web.RouteTableDef()
+
+
+def _socket() -> web.WebSocketResponse:
+    return web.WebSocketResponse(
+        heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME_BYTES, timeout=CLOSE_TIMEOUT
+    )
+
+
+async def _frames(ws: web.WebSocketResponse) -> AsyncIterator[Frame]:
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            yield Frame(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            yield Frame(msg.data)
+
+
+@routes.get("/golem/v1/connect/{webstrate}")
+async def golem_connect(request: web.Request) -> web.WebSocketResponse:
+    relay = request.app[keys.RELAY]
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    digest = None
+    if not request.app[keys.SETTINGS].golem_open_control:
+        key = request.query.get("key", "")
+        digest = await request.app[keys.GOLEMS].control_key_digest(webstrate, key)
+        if digest is None:
+            raise Unauthorized(
+                "the control socket of a webstrate's golem needs that golem's key (?key=)"
+            )
+    ws = _socket()
+    peer = Peer(request, ws, f"golem {webstrate}")
+    session = relay.claim_golem(webstrate, peer, digest)  # 409 before the upgrade
+    peer.on_abort = lambda: relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
+    with relay.tracking(ws), request.app[keys.METRICS].websocket("golem"):
+        try:
+            await ws.prepare(request)
+            peer.start()
+            log.info("golem connected for %s", webstrate)
+            async for _frame in _frames(ws):
+                pass  # the control socket is one-way
+        finally:
+            relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
+            await peer.aclose()
+            log.info("golem disconnected for %s", webstrate)
+    return ws
+
+
+@routes.get("/minion/v1/connect/{webstrate}")
+async def minion_connect(request: web.Request) -> web.WebSocketResponse:
+    relay = request.app[keys.RELAY]
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    minion_type = request.query.get("type", "")
+    if len(minion_type) > MINION_TYPE_MAX or not minion_type.isprintable():
+        raise BadRequest(f"type must be at most {MINION_TYPE_MAX} printable characters")
+    ws = _socket()
+    with (
+        relay.minion_slot(webstrate),  # 429 before the upgrade
+        relay.tracking(ws),
+        request.app[keys.METRICS].websocket("minion"),
+    ):
+        await ws.prepare(request)
+        peer = Peer(request, ws, f"minion of {webstrate}")
+        peer.start()
+        minion = MinionSession(uuid.uuid4().hex, minion_type, peer)
+        golem: GolemSession | None = None
+        # Read from the start: a minion that leaves while it waits is noticed,
+        # and what it sends early waits (bounded) for the golem's data channel.
+        reading = asyncio.create_task(_read_minion(ws, minion))
+        waiting = asyncio.create_task(_golem_within(relay, webstrate, relay.golem_wait))
+        try:
+            await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done() or peer.closing:
+                return ws  # the minion left (or overflowed) before its golem came
+            golem = waiting.result()
+            if golem is None:
+                peer.send(event("golem-not-found", ID=webstrate))
+                peer.finish(WSCloseCode.OK, "golem not found")
+                return ws
+            if not relay.add_minion(golem, minion):  # it left while this one woke up
+                minion.golem_gone()
+                peer.finish(CLOSE_GOLEM_GONE, "golem disconnected")
+                return ws
+            peer.on_abort = functools.partial(relay.remove_minion, golem, minion)
+            await reading
+        finally:
+            for task in (reading, waiting):
+                task.cancel()
+            await asyncio.gather(reading, waiting, return_exceptions=True)
+            if golem is not None:
+                relay.remove_minion(golem, minion)
+            await peer.aclose()
+    return ws
+
+
+async def _golem_within(relay: Relay, webstrate: str, seconds: float) -> GolemSession | None:
+    try:
+        async with asyncio.timeout(seconds):
+            return await relay.wait_for_golem(webstrate)
+    except TimeoutError:
+        return None
+
+
+async def _read_minion(ws: web.WebSocketResponse, minion: MinionSession) -> None:
+    async for frame in _frames(ws):
+        minion.to_golem(frame)
+
+
+@routes.get("/golem/v1/connect-to/{webstrate}/{minion}")
+async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
+    relay = request.app[keys.RELAY]
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    if not request.app[keys.SETTINGS].golem_open_control:
+        relay.check_channel_key(webstrate, request.query.get("key", ""))  # 401
+    minion = relay.find_minion(webstrate, request.match_info["minion"])  # 404/409
+    ws = _socket()
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("expected a WebSocket upgrade")
+    channel = Peer(request, ws, f"channel to minion {minion.id}")
+    channel.on_abort = functools.partial(minion.detach, channel)
+    # The minion hears of the channel, and its early frames move to it, only
+    # once the upgrade succeeded: a failed one leaves them where they were.
+    minion.opening = channel
+    with relay.tracking(ws), request.app[keys.METRICS].websocket("channel"):
+        try:
+            await ws.prepare(request)
+            if minion.opening is channel:  # else the minion or golem went meanwhile
+                minion.attach(channel)
+            channel.start()
+            async for frame in _frames(ws):
+                minion.peer.send(frame)
+        finally:
+            if minion.opening is channel:
+                minion.opening = None
+            minion.detach(channel)
+            await channel.aclose()
+    return ws

@@ -1,0 +1,22 @@
+"""The reverse proxy into daemons: `ANY /daemon/v1/proxy/{name}/{path}`.
+
+Requests go to the daemon's first container port at the address recorded in
+the registry when it was spawned, and nowhere else. Bodies are streamed both
+ways (never read whole, so `client_max_size` does not apply: aiohttp enforces
+it only in `read()`, `post()` and `json()`), WebSocket upgrades are relayed
+frame by frame, the prefix is stripped, `X-Forwarded-*` are set, hop-by-hop
+headers and the caller's credentials (`Authorization`, `Cookie`, `?token=`)
+are dropped, and a `Location` pointing into the daemon is rewritten under the
+prefix. Plain GETs and HEADs (no body) take the lean client
+(`herder.proxy.lean`); everything else goes through one aiohttp session.
+
+`{name}` is the container name `<name>-<jti>`; with a valid token the
+caller's own plain `<name>` works too when it picks exactly one running
+daemon. Public by default (a daemon publishes its web port);
+`proxy_require_token` makes it owner-only.
+
+- `forward`: the header rules and the three relay paths (aiohttp, lean, WebSocket).
+- `upstreams`: the client session, the lean pool and the daemon lookup cache.
+- `lean`: the lean HTTP/1.1 client for plain GETs and HEADs.
+- The route and the lookup of `{name}` are in `herder.api.proxy`.
+"""
