@@ -17,7 +17,9 @@ reset or kill them. At most `golem_cap` golems run at once (then 429).
 A golem runs the image `golem_image` as uid 1000, with all capabilities
 dropped, no-new-privileges and the memory/CPU/pids limits of the
 `golem_memory_mb`, `golem_cpus` and `golem_pids` settings; it opens
-`<webstrates_url>/<webstrate>` (env `GOLEM_URL`). Its DevTools port 9222 is
+`<webstrates_url>/<webstrate>#herder-golem-key=<key>` (env `GOLEM_URL`): a
+secret of its own, kept only as a digest label, that its control socket and
+data channels present (`control_key_digest`). Its DevTools port 9222 is
 published on 127.0.0.1 only, on a host port Docker assigns (`DebugPort`),
 and the golem runs on the herder network (`network`), where no other
 container can open a connection to it.

@@ -1,10 +1,13 @@
 """The WebSocket relay between a golem and the ad-hoc minions of its webstrate
 (the sessions and their registry; the three routes are in `herder.api.relay`).
 
-Three sockets, no token (as in golem-herder v1):
+Three sockets, no token (as in golem-herder v1); the golem's two need the
+golem's key (`?key=`, from its page URL; see `herder.golems`) unless
+`golem_open_control`:
 
 - `WS /golem/v1/connect/{webstrate}`: the golem's control socket, one per
-  webstrate (a second one gets 409 before the upgrade). It receives
+  webstrate (401 without the key of the webstrate's running golem; a second
+  one gets 409 before the upgrade, so a live golem is never displaced). It receives
   `{"Event": "minion-connected", "ID": id, "Type": type}` and
   `{"Event": "minion-disconnected", "ID": id}`; what the golem sends on it is
   ignored.
@@ -14,7 +17,8 @@ Three sockets, no token (as in golem-herder v1):
   `settings.relay_minions_per_webstrate` minions (waiting ones included) are
   connected to one webstrate; one more gets 429 before the upgrade.
 - `WS /golem/v1/connect-to/{webstrate}/{minion}`: the golem's data channel to
-  one minion (one at a time; 404 for an unknown minion, 409 while another is
+  one minion (one at a time; 401 without the key the control socket
+  presented, 404 for an unknown minion, 409 while another is
   open, 400 for a request that is no WebSocket upgrade). Once the upgrade
   succeeded the minion gets `{"Event": "golem-connected"}`, then every
   frame is relayed both ways unchanged, text as text and binary as binary.
