@@ -76,6 +76,13 @@ def check_webstrate(webstrate: str) -> str:
     return webstrate
 
 
+def relay_socket() -> web.WebSocketResponse:
+    """A relay WebSocket, with the relay's heartbeat, frame size and close timeout."""
+    return web.WebSocketResponse(
+        heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME_BYTES, timeout=CLOSE_TIMEOUT
+    )
+
+
 def event(name: str, **fields: str) -> Frame:
     return Frame(json.dumps({"Event": name, **fields}))
 

@@ -15,9 +15,6 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..errors import BadRequest, Unauthorized
 from ..relay import (
     CLOSE_GOLEM_GONE,
-    CLOSE_TIMEOUT,
-    HEARTBEAT,
-    MAX_FRAME_BYTES,
     MINION_TYPE_MAX,
     Frame,
     GolemSession,
@@ -26,18 +23,13 @@ from ..relay import (
     Relay,
     check_webstrate,
     event,
+    relay_socket,
 )
 from . import keys
 
 log = logging.getLogger("herder.relay")
 
 routes = web.RouteTableDef()
-
-
-def _socket() -> web.WebSocketResponse:
-    return web.WebSocketResponse(
-        heartbeat=HEARTBEAT, max_msg_size=MAX_FRAME_BYTES, timeout=CLOSE_TIMEOUT
-    )
 
 
 async def _frames(ws: web.WebSocketResponse) -> AsyncIterator[Frame]:
@@ -60,7 +52,7 @@ async def golem_connect(request: web.Request) -> web.WebSocketResponse:
             raise Unauthorized(
                 "the control socket of a webstrate's golem needs that golem's key (?key=)"
             )
-    ws = _socket()
+    ws = relay_socket()
     peer = Peer(request, ws, f"golem {webstrate}")
     session = relay.claim_golem(webstrate, peer, digest)  # 409 before the upgrade
     peer.on_abort = lambda: relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
@@ -85,7 +77,7 @@ async def minion_connect(request: web.Request) -> web.WebSocketResponse:
     minion_type = request.query.get("type", "")
     if len(minion_type) > MINION_TYPE_MAX or not minion_type.isprintable():
         raise BadRequest(f"type must be at most {MINION_TYPE_MAX} printable characters")
-    ws = _socket()
+    ws = relay_socket()
     with (
         relay.minion_slot(webstrate),  # 429 before the upgrade
         relay.tracking(ws),
@@ -145,7 +137,7 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
     if not request.app[keys.SETTINGS].golem_open_control:
         relay.check_channel_key(webstrate, request.query.get("key", ""))  # 401
     minion = relay.find_minion(webstrate, request.match_info["minion"])  # 404/409
-    ws = _socket()
+    ws = relay_socket()
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade")
     channel = Peer(request, ws, f"channel to minion {minion.id}")
