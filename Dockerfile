@@ -43,6 +43,9 @@ RUN set -eux; \
     useradd --system --uid 10001 --user-group --groups "$group" \
         --home-dir /var/lib/herder --create-home --shell /usr/sbin/nologin herder
 COPY --from=build /opt/herder /opt/herder
+# Bytecode made once here: the user herder cannot write it, and a CLI that
+# recompiles on every start is too slow for the health check's 10 s.
+RUN python3 -m compileall -q /opt/herder >/dev/null
 ENV PATH=/opt/herder/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8 \

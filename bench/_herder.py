@@ -40,12 +40,15 @@ def _herder_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "herder", *args]
 
 
-def _start(data_dir: str, port: int) -> tuple[str, subprocess.Popen[bytes]]:
+def _start(
+    data_dir: str, port: int, settings: dict[str, str]
+) -> tuple[str, subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "HERDER_DATA_DIR": data_dir,
         "HERDER_LOG_FORMAT": "text",
         "PYTHONPATH": str(ROOT),
+        **settings,
     }
     created = subprocess.run(
         _herder_cmd("token", "create", "-e", "bench@example.org", "-c", "100000000"),
@@ -76,11 +79,13 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
 
 
 @asynccontextmanager
-async def running_herder() -> AsyncIterator[Herder]:
-    """`herder serve` in a subprocess with its own data dir, and a token for it."""
+async def running_herder(**settings: str) -> AsyncIterator[Herder]:
+    """`herder serve` in a subprocess with its own data dir, and a token for
+    it; `settings` are `HERDER_*` variables (`MINION_POOL="python=2"`)."""
+    env = {f"HERDER_{name.upper()}": value for name, value in settings.items()}
     with tempfile.TemporaryDirectory(prefix="herder-bench-") as data_dir:
         port = _free_port()
-        token, server = await asyncio.to_thread(_start, data_dir, port)
+        token, server = await asyncio.to_thread(_start, data_dir, port, env)
         url = f"http://127.0.0.1:{port}"
         try:
             await _wait_ready(url, server)
@@ -118,6 +123,25 @@ async def herder_run(session: aiohttp.ClientSession, herder: Herder) -> float:
     if resp.status != 200 or body.get("StdOut") != "1\n":
         raise SystemExit(f"herder run failed: {resp.status} {body}")
     return elapsed
+
+
+async def pool_ready(session: aiohttp.ClientSession, herder: Herder, env: str = "python") -> int:
+    """Waiting containers of `env`'s pool, as `/node/v1/specs` shows them."""
+    async with session.get(herder.url + "/node/v1/specs") as resp:
+        specs = await resp.json()
+    ready: int = (specs.get("Pool") or {}).get(env, {}).get("Ready", 0)
+    return ready
+
+
+async def wait_pool(
+    session: aiohttp.ClientSession, herder: Herder, size: int, env: str = "python"
+) -> None:
+    """Until `size` containers of `env`'s pool wait (at most 120 s)."""
+    deadline = time.monotonic() + 120
+    while await pool_ready(session, herder, env) < size:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the pool did not fill to {size} within 120 s")
+        await asyncio.sleep(0.2)
 
 
 def docker_run_args() -> list[str]:

@@ -14,10 +14,13 @@ class HerderError(Exception):
     status: int = 500
     message: str = "internal error"
 
-    def __init__(self, message: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, message: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message or self.message)
         self.message = message or self.message
         self.extra = extra
+        self.headers = dict(headers or {})  # sent with the error (e.g. `Retry-After`)
 
     def payload(self) -> dict[str, Any]:
         return {"error": self.message, **self.extra}

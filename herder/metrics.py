@@ -23,9 +23,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -36,6 +37,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 KINDS = ("minion", "daemon", "golem")
 # Minions run for seconds, daemons and golems for minutes to days.
 RUN_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
 HTTP_METHODS = frozenset(
@@ -96,6 +98,19 @@ class Metrics:
         self._up = Gauge(
             "herder_engine_up", "1 when the container engine answered the last scrape", registry=r
         )
+        self._minion_waits = Histogram(
+            "herder_minion_queue_wait_seconds",
+            "How long minion runs waited for a slot (admission control)",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self._minion_rejected = Counter(
+            "herder_minion_rejected",
+            "Minion runs refused (429) because the queue was full",
+            registry=r,
+        )
+        self._minions = _MinionFigures()
+        r.register(self._minions)
         # Every kind shows from the first scrape, at zero, so rate() works at once.
         for kind in KINDS:
             self._running.labels(kind)
@@ -116,6 +131,19 @@ class Metrics:
     def run_seconds(self, kind: str, seconds: float) -> None:
         """A workload of `kind` ran `seconds` (a minion's run, a daemon's life)."""
         self._run_seconds.labels(kind).observe(max(0.0, seconds))
+
+    def minion_waited(self, seconds: float) -> None:
+        """A minion run got its slot after waiting `seconds` in the queue."""
+        self._minion_waits.observe(max(0.0, seconds))
+
+    def minion_rejected(self) -> None:
+        """A minion run was refused: the queue was full."""
+        self._minion_rejected.inc()
+
+    def watch_minions(self, figures: Callable[[], dict[str, Any]]) -> None:
+        """Where the queue and the pools are read at scrape time
+        (`MinionService.figures`)."""
+        self._minions.source = figures
 
     def proxied(self, bytes_in: int, bytes_out: int) -> None:
         """One request went through the daemon proxy with these body sizes."""
@@ -203,6 +231,49 @@ class Metrics:
             charged = None
         self.set_charged(charged)
         return self.exposition()
+
+
+class _MinionFigures(Collector):
+    """The minion queue and the warm pools, read from the minion service at
+    scrape time: `herder_minion_queue_length`, `herder_minion_running`,
+    `herder_pool_ready{env}`, `herder_pool_hits_total{env}`,
+    `herder_pool_misses_total{env}`."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, Any]] | None = None
+
+    def describe(self) -> list[Metric]:
+        return self._families({})
+
+    def collect(self) -> list[Metric]:
+        return self._families(self.source() if self.source is not None else {})
+
+    @staticmethod
+    def _families(figures: dict[str, Any]) -> list[Metric]:
+        queue = GaugeMetricFamily(
+            "herder_minion_queue_length", "Minion runs waiting for a slot now"
+        )
+        queue.add_metric([], float(figures.get("Waiting", 0)))
+        running = GaugeMetricFamily(
+            "herder_minion_running", "Minion runs holding a slot now (admission control)"
+        )
+        running.add_metric([], float(figures.get("Running", 0)))
+        ready = GaugeMetricFamily(
+            "herder_pool_ready", "Warm minion containers waiting, by env", labels=["env"]
+        )
+        hits = CounterMetricFamily(
+            "herder_pool_hits", "Minion runs that found a warm container, by env", labels=["env"]
+        )
+        misses = CounterMetricFamily(
+            "herder_pool_misses",
+            "Minion runs of a pooled env that found none and made their own",
+            labels=["env"],
+        )
+        for env, pool in (figures.get("Pool") or {}).items():
+            ready.add_metric([env], float(pool["Ready"]))
+            hits.add_metric([env], float(pool["Hits"]))
+            misses.add_metric([env], float(pool["Misses"]))
+        return [queue, running, ready, hits, misses]
 
 
 class _ScrapedCounter(Collector):

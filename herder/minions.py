@@ -10,15 +10,21 @@ credits to the token's subject, timeouts included.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import mimetypes
+import time
 import urllib.parse
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from .admission import Admission, QueueFull
 from .errors import BadRequest, ImageNotFound, MinionTimeout, NoCredits, UnknownEnv
 from .ledger import Ledger
 from .metrics import Metrics
+from .pool import MinionPool
 from .runtime import RunResult, RunSpec, Runtime
 from .runtime.base import (
     LABEL_INSTANCE,
@@ -166,21 +172,29 @@ class SpawnRequest:
 
 @dataclass(frozen=True)
 class MinionRun:
-    """A finished run and what it was charged."""
+    """A finished run and what it was charged. `result.output_stream` is the
+    output file, to read while the run's session is open."""
 
     env: str
     output_name: str | None
     result: RunResult
     credits: int
     memory_mb: int
+    disk_mb: int = 0
 
     def stderr_text(self) -> str:
-        """stderr, with a note when the run was killed for memory or its
-        output file could not be returned."""
+        """stderr, with a note when the run was killed for memory, filled its
+        /minion or its output file could not be returned."""
         notes = []
         if self.result.oom_killed:
             notes.append(f"killed: out of memory (limit {self.memory_mb} MiB)")
-        if self.output_name is not None and self.result.output is None:
+        if self.result.disk_full:
+            notes.append(f"{WORKDIR} is full (MINION_DISK_MB: {self.disk_mb} MiB)")
+        if (
+            self.output_name is not None
+            and self.result.output is None
+            and self.result.output_stream is None
+        ):
             notes.append(
                 self.result.output_note or f"output file {self.output_name!r} not returned"
             )
@@ -188,7 +202,12 @@ class MinionRun:
 
 
 class MinionService:
-    """Spawns minions for token holders and charges their runs."""
+    """Spawns minions for token holders and charges their runs.
+
+    Runs pass admission control (`admission`: at most `MINION_CONCURRENCY`
+    at once, `MINION_QUEUE` more waiting, more refused with 429) and take a
+    warm container from `pool` when it has one. The app starts and closes
+    the pool (`herder.app`)."""
 
     def __init__(
         self,
@@ -207,6 +226,8 @@ class MinionService:
         # can cost. A run starts only when the balance covers what is held,
         # so concurrent runs overdraw a subject by at most one run.
         self._held: dict[str, int] = {}
+        self.admission = Admission(settings.minion_concurrency, settings.minion_queue)
+        self.pool = MinionPool(runtime, settings.minion_pool, self.run_spec, instance)
 
     async def envs(self) -> list[dict[str, object]]:
         """The environments and their images, and whether each image is built here."""
@@ -225,10 +246,71 @@ class MinionService:
             LABEL_INSTANCE: self.instance,
         }
 
+    def run_spec(
+        self,
+        env: str,
+        labels: dict[str, str] | None = None,
+        files: dict[str, bytes] | None = None,
+        output: str | None = None,
+    ) -> RunSpec:
+        """The run of `env` with every limit: the same for pooled and cold runs."""
+        settings = self.settings
+        return RunSpec(
+            image=image_for(settings, env),
+            files=files or {},
+            labels=labels or {},
+            memory_bytes=settings.minion_memory_mb << 20,
+            nano_cpus=int(settings.minion_cpus * 1e9),
+            pids=settings.minion_pids,
+            network=settings.network if settings.minion_network else None,
+            timeout=settings.minion_timeout,
+            output_limit=settings.minion_output_limit,
+            output_file=output,
+            output_file_limit=MAX_OUTPUT_FILE_BYTES,
+            tmp_bytes=TMP_BYTES,
+            disk_bytes=settings.minion_disk_mb << 20,
+            workdir=WORKDIR,
+            env={"HOME": "/tmp"},  # the root is read-only; tools want a writable home
+        )
+
+    def figures(self) -> dict[str, object]:
+        """Admission and pool figures, for `/metrics` and `/node/v1/specs`."""
+        admission = self.admission
+        return {
+            "Concurrency": admission.limit,
+            "Queue": admission.queue,
+            "Running": admission.running,
+            "Waiting": admission.waiting,
+            "Rejected": admission.rejected,
+            "Pool": self.pool.figures(),
+        }
+
+    def check_admission(self) -> None:
+        """429 (`QueueFull`) at once when the queue is full now: called
+        before the request's body is read."""
+        try:
+            self.admission.check()
+        except QueueFull:
+            self.metrics.minion_rejected()
+            raise
+
     async def spawn(self, claims: Claims, request: SpawnRequest) -> MinionRun:
-        """Run one minion to its end and charge it; raises `MinionTimeout`
-        (carrying the partial output) when it ran over its time."""
-        image = image_for(self.settings, request.env)
+        """`session`, with the output file read into `result.output`."""
+        async with self.session(claims, request) as run:
+            stream = run.result.output_stream
+            if stream is None:
+                return run
+            data = b"".join([chunk async for chunk in stream.chunks()])
+            result = dataclasses.replace(run.result, output=data, output_stream=None)
+            return dataclasses.replace(run, result=result)
+
+    @contextlib.asynccontextmanager
+    async def session(self, claims: Claims, request: SpawnRequest) -> AsyncIterator[MinionRun]:
+        """Run one minion to its end and charge it; the context gives the run,
+        its output file readable until the context exits (then its container
+        goes). Raises `MinionTimeout` (carrying the partial output) when it
+        ran over its time and `QueueFull` (429) when too many runs wait."""
+        image_for(self.settings, request.env)
         assert request.env is not None
         balance = await self.ledger.balance(claims.sub)
         if balance.remaining <= 0:
@@ -243,7 +325,8 @@ class MinionService:
         most = credits_for(self.settings.minion_timeout, self.settings.credit_rate)[1]
         self._held[claims.sub] = held + most
         try:
-            return await self._run(claims, request, image)
+            async with self._run(claims, request) as run:
+                yield run
         finally:
             left = self._held[claims.sub] - most
             if left:
@@ -251,39 +334,51 @@ class MinionService:
             else:
                 del self._held[claims.sub]
 
-    async def _run(self, claims: Claims, request: SpawnRequest, image: str) -> MinionRun:
-        assert request.env is not None
-        spec = RunSpec(
-            image=image,
-            files=request.files,
-            labels=self.labels(claims, request.env),
-            memory_bytes=self.settings.minion_memory_mb << 20,
-            nano_cpus=int(self.settings.minion_cpus * 1e9),
-            pids=self.settings.minion_pids,
-            network=self.settings.network if self.settings.minion_network else None,
-            timeout=self.settings.minion_timeout,
-            output_limit=self.settings.minion_output_limit,
-            output_file=request.output,
-            output_file_limit=MAX_OUTPUT_FILE_BYTES,
-            tmp_bytes=TMP_BYTES,
-            workdir=WORKDIR,
-            env={"HOME": "/tmp"},  # the root is read-only; tools want a writable home
-        )
+    @contextlib.asynccontextmanager
+    async def _run(self, claims: Claims, request: SpawnRequest) -> AsyncIterator[MinionRun]:
+        env = request.env
+        assert env is not None
         try:
-            result = await self.runtime.run_once(spec)
+            waited = await self.admission.acquire()
+        except QueueFull:
+            self.metrics.minion_rejected()
+            raise
+        self.metrics.minion_waited(waited)
+        started = time.monotonic()
+        holding = True
+        entered = False
+        spec = self.run_spec(env, self.labels(claims, env), request.files, request.output)
+        try:
+            async with self.runtime.run(spec, prepared=self.pool.take(env)) as result:
+                entered = True
+                # The run is over: its slot goes to the next (the output file
+                # may still be read, from a container that runs nothing).
+                self.admission.release(time.monotonic() - started)
+                holding = False
+                yield await self._charged(claims, env, request.output, result)
         except ImageNotFound:
+            if entered:
+                raise
             self.metrics.spawned(KIND, ok=False)
             raise ImageNotFound(
-                f"the image {image!r} of env {request.env!r} is not built on this herder; "
-                f"run `herder images build {request.env}`"
+                f"the image {spec.image!r} of env {env!r} is not built on this herder; "
+                f"run `herder images build {env}`"
             ) from None
         except Exception:
-            self.metrics.spawned(KIND, ok=False)
+            if not entered:
+                self.metrics.spawned(KIND, ok=False)
             raise
+        finally:
+            if holding:
+                self.admission.release(time.monotonic() - started)
+
+    async def _charged(
+        self, claims: Claims, env: str, output: str | None, result: RunResult
+    ) -> MinionRun:
         self.metrics.spawned(KIND, ok=not result.timed_out)
         self.metrics.run_seconds(KIND, result.duration)
         seconds, credits = credits_for(result.duration, self.settings.credit_rate)
-        await self.ledger.charge(claims.sub, claims.jti, KIND, request.env, seconds, credits)
+        await self.ledger.charge(claims.sub, claims.jti, KIND, env, seconds, credits)
         if result.timed_out:
             raise MinionTimeout(
                 f"minion ran over its {self.settings.minion_timeout:g} s and was killed",
@@ -293,11 +388,12 @@ class MinionService:
                 Duration=round(result.duration, 3),
             )
         return MinionRun(
-            env=request.env,
-            output_name=request.output,
+            env=env,
+            output_name=output,
             result=result,
             credits=credits,
             memory_mb=self.settings.minion_memory_mb,
+            disk_mb=self.settings.minion_disk_mb,
         )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ KINDS = ("minion", "daemon", "golem")
 NVIDIA_SMI_TIMEOUT = 5.0
 
 
-async def running_counts(runtime: Runtime, instance: str) -> dict[str, int]:
-    """Running containers of this herder instance, by `herder.kind`.
+async def running_counts(
+    runtime: Runtime, instance: str, idle: Callable[[str], bool] | None = None
+) -> dict[str, int]:
+    """Running containers of this herder instance, by `herder.kind`; those
+    for which `idle(id)` holds (a warm pool's, waiting for a run) aside.
 
     Asked of the runtime each time (never a counter kept by hand), so it is
     right after restarts and crashes. Raises `RuntimeUnavailable` when the
@@ -33,6 +37,8 @@ async def running_counts(runtime: Runtime, instance: str) -> dict[str, int]:
     counts = dict.fromkeys(KINDS, 0)
     for container in containers:
         kind = container.labels.get(LABEL_KIND, "")
+        if idle is not None and idle(container.id):
+            continue
         if container.state == "running" and kind:
             counts[kind] = counts.get(kind, 0) + 1
     return counts
@@ -125,14 +131,23 @@ def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
     return result
 
 
-async def specs(runtime: Runtime, instance: str, data_dir: Path) -> dict[str, Any]:
-    """The node's specs document."""
+async def specs(
+    runtime: Runtime,
+    instance: str,
+    data_dir: Path,
+    minions: dict[str, Any] | None = None,
+    idle: Callable[[str], bool] | None = None,
+) -> dict[str, Any]:
+    """The node's specs document; `minions` are the minion service's figures
+    (its queue and warm pools: `Minions`, and `Pool` by env)."""
     facts, gpu_list, version, running = await asyncio.gather(
         asyncio.to_thread(_host_facts, data_dir),
         gpus(),
         runtime.version(),
-        running_counts(runtime, instance),
+        running_counts(runtime, instance, idle),
     )
+    figures = dict(minions or {})
+    pool = figures.pop("Pool", {})
     return {
         **facts,
         "GPUs": gpu_list,
@@ -143,5 +158,7 @@ async def specs(runtime: Runtime, instance: str, data_dir: Path) -> dict[str, An
             "Arch": str(version.get("Arch", "")),
         },
         "Running": running,
+        "Minions": figures,
+        "Pool": pool,
         "Herder": {"Version": __version__, "Instance": instance},
     }

@@ -117,11 +117,13 @@ class Peer:
     outlives its socket.
     """
 
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, label: str) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, label: str, transport: asyncio.Transport | None
+    ) -> None:
         self.ws = ws
         self.label = label
         self.on_abort: Callable[[], None] | None = None
-        self._transport = request.transport
+        self._transport = transport  # the request's, cut when the peer does not read
         self._queue: deque[Frame] = deque()
         self._bytes = 0
         self._wakeup = asyncio.Event()
@@ -309,9 +311,6 @@ class Relay:
 
     def connected(self, webstrate: str) -> bool:
         return webstrate in self._golems
-
-    def connected_webstrates(self) -> list[str]:
-        return sorted(self._golems)
 
     # -- golem control socket --------------------------------------------------
 

@@ -122,6 +122,32 @@ def _parse_images(raw: str) -> dict[str, str]:
     return images
 
 
+def _parse_pool(raw: str) -> dict[str, int]:
+    """`python=4,node=2` (or JSON `{"python": 4}`); `0` or empty: no pool."""
+    raw = raw.strip()
+    if raw in ("", "0"):
+        return {}
+    if raw.startswith("{"):
+        value = json.loads(raw)
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            for k, v in value.items()
+        ):
+            raise ValueError("expected a JSON object of env name to pool size")
+        sizes = dict(value)
+    else:
+        sizes = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            name, sep, size = part.partition("=")
+            if not sep or not name.strip() or not re.fullmatch(r"[0-9]{1,4}", size.strip()):
+                raise ValueError("expected env=size pairs separated by commas, or 0")
+            sizes[name.strip()] = int(size.strip())
+    for name, size in sizes.items():
+        if not 0 <= size <= 256:
+            raise ValueError(f"pool size of {name!r} must be 0 to 256")
+    return {name: size for name, size in sizes.items() if size > 0}
+
+
 @dataclass(frozen=True)
 class _Spec:
     parse: Callable[[str], Any]
@@ -187,6 +213,28 @@ class Settings:
     )
     minion_output_limit: int = _setting(
         1 << 20, _parse_int, "bytes kept per output stream of a minion", minimum=1024
+    )
+    minion_disk_mb: int = _setting(
+        128,
+        _parse_int,
+        "size of a minion's /minion (MiB; a tmpfs counted in its memory)",
+        minimum=1,
+        maximum=1 << 20,
+    )
+    minion_concurrency: int = _setting(
+        0,
+        _parse_int,
+        "minion runs at once; more wait in the queue (0: twice the CPUs, at least 2)",
+        minimum=0,
+        maximum=10000,
+    )
+    minion_queue: int = _setting(
+        64, _parse_int, "minion runs waiting for a slot; more get 429", minimum=0, maximum=100000
+    )
+    minion_pool: dict[str, int] = _setting(
+        {},
+        _parse_pool,
+        "warm minion containers per env, e.g. python=4,node=2 (0: none)",
     )
     max_body_bytes: int = _setting(
         8 << 20, _parse_int, "largest request body accepted", minimum=1024
@@ -295,10 +343,6 @@ class Settings:
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "herder.db"
-
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
@@ -393,6 +437,14 @@ class Settings:
                 "such as apps.example.org (no scheme, port or wildcard)"
             )
         changes["proxy_domain"] = domain
+        if self.minion_concurrency == 0:
+            changes["minion_concurrency"] = max(2, 2 * (os.cpu_count() or 1))
+        unknown = sorted(set(self.minion_pool) - set(self.images))
+        if unknown:
+            raise SettingsError(
+                f"HERDER_MINION_POOL: unknown env {unknown[0]!r}; known: "
+                f"{', '.join(sorted(self.images))}"
+            )
         if self.log_format not in ("text", "json"):
             raise SettingsError(
                 f"HERDER_LOG_FORMAT: bad value {self.log_format!r}: expected text or json"

@@ -8,6 +8,7 @@ is never logged.
 
 from __future__ import annotations
 
+import hmac
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 import jwt
 
-from .errors import BadRequest, Unauthorized
+from .errors import BadRequest, MethodNotAllowed, Unauthorized
 from .ledger import Ledger
 from .settings import Settings
 from .signing import KeyPair
@@ -85,6 +86,20 @@ class TokenService:
         }
         token = jwt.encode(payload, self._keys.private_pem, algorithm=ALGORITHM)
         return token, claims
+
+    def generate(self, password: str, email: str, raw_credits: str) -> tuple[str, Claims]:
+        """`/token/v1/generate`: a token for `email` (with `raw_credits`, or
+        the default credits) when `password` is the configured one."""
+        expected = self._settings.token_password
+        if not expected:
+            raise MethodNotAllowed("token generation is disabled: no password is configured")
+        if not hmac.compare_digest(password.encode(), expected.encode()):
+            raise Unauthorized("wrong password")
+        try:
+            credits = int(raw_credits) if raw_credits else self._settings.default_credits
+        except ValueError:
+            raise BadRequest("credits must be an integer") from None
+        return self.create(email, credits)
 
     def decode(self, token: str) -> Claims:
         """Check signature and claims; raise `Unauthorized` for any fault."""

@@ -314,3 +314,37 @@ def test_attach_to_a_served_daemon_through_a_pty(served: Served) -> None:
         os.close(master)
         os.close(slave)
         served.herder("daemon", "kill", "echoer", "--wipe", token=token)
+
+
+def test_spawn_shows_a_spinner_on_a_terminal_only(served: Served) -> None:
+    import pty
+
+    token = served.token()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERDER_")}
+    env.update({"HERDER_URL": served.url, "HERDER_TOKEN": token})
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*HERDER, "daemon", "spawn", "spun", SCRIPT_IMAGE, "-f", "run.sh=sleep 600"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, env=env, cwd=ROOT,
+    )  # fmt: skip
+    os.close(follower)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the command ended and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=60) == 0, seen
+    finally:
+        os.close(leader)
+    shown = seen.decode(errors="replace")
+    assert "\r| spawning daemon spun from " in shown, shown  # the spinner, redrawn in place
+    assert "\r\x1b[K" in shown  # and cleared when it ends
+    piped = served.herder("daemon", "spawn", "spun", SCRIPT_IMAGE, "-f", "run.sh=sleep 600",
+                          token=token)  # fmt: skip
+    assert piped.returncode == 0 and "\r" not in piped.stderr and "|" not in piped.stderr
+    served.herder("daemon", "kill", "spun", "--wipe", token=token)

@@ -122,18 +122,25 @@ def test_capped_buffer_keeps_the_head_and_says_it_cut() -> None:
 
 def test_run_config_carries_every_limit() -> None:
     spec = RunSpec(image=PYTHON, files={}, labels={"herder.kind": "minion"}, memory_bytes=64 << 20)
-    config = run_config(spec)
+    config = run_config(spec, ["sh", "/minion/main.sh"])
     host = config["HostConfig"]
     assert host["Memory"] == host["MemorySwap"] == 64 << 20
     assert host["NetworkMode"] == "none" and config["NetworkDisabled"] is True
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
-    assert host["ReadonlyRootfs"] is True and "/minion" in config["Volumes"]
+    assert host["ReadonlyRootfs"] is True
+    (workdir,) = host["Mounts"]
+    assert (
+        workdir["Target"] == "/minion" and workdir["Type"] == "volume" and "Source" not in workdir
+    )
+    options = workdir["VolumeOptions"]["DriverConfig"]["Options"]
+    assert options["type"] == "tmpfs" and f"size={spec.disk_bytes}," in options["o"]
+    assert config["Cmd"] == ["sh", "/minion/main.sh"] and config["Entrypoint"][:2] == ["sh", "-c"]
     assert host["Init"] is True and host["PidsLimit"] == 128
     assert "size=" in host["Tmpfs"]["/tmp"]
     assert host["Ulimits"][0]["Name"] == "nofile"
     assert host["LogConfig"]["Config"]["max-size"]
     assert config["User"] == "1000:1000" and not host.get("Binds")
-    networked = run_config(RunSpec(image=PYTHON, files={}, labels={}, network="herder"))
+    networked = run_config(RunSpec(image=PYTHON, files={}, labels={}, network="herder"), [])
     assert networked["HostConfig"]["NetworkMode"] == "herder"
     assert networked["NetworkDisabled"] is False
 

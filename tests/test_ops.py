@@ -18,6 +18,7 @@ from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.logfmt import JsonFormatter, RequestIdFilter
 from herder.node import parse_nvidia_smi
+from herder.settings import Settings
 
 from .conftest import auth, make_settings
 from .images import ensure_busybox_image
@@ -67,6 +68,11 @@ class SocketRelay:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
+def sqlite_file(settings: Settings) -> Path:
+    """The SQLite file of the default `database_url` in the data dir."""
+    return settings.data_dir / "herder.db"
+
+
 async def _health(client: Any) -> tuple[int, dict[str, Any]]:
     resp = await client.get("/healthz")
     return resp.status, await resp.json()
@@ -107,7 +113,7 @@ async def test_healthz_503_when_database_file_unusable_and_back(
 
     # We run as root, so chmod 000 would not stop us: put a directory where
     # the database file was (what an unmounted or replaced volume looks like).
-    db = settings.db_path
+    db = sqlite_file(settings)
     aside = db.with_name("herder.db.aside")
     db.rename(aside)
     db.mkdir()
@@ -129,7 +135,7 @@ async def test_healthz_503_when_database_file_is_not_a_database(
 ) -> None:
     settings = make_settings(tmp_path / "d")
     client = await aiohttp_client(create_app(settings))
-    db = settings.db_path
+    db = sqlite_file(settings)
     aside = db.with_name("herder.db.aside")
     db.rename(aside)
     db.write_bytes(b"this is not an SQLite database" * 100)

@@ -1,5 +1,5 @@
 """The wheel carries what the herder reads at run time: every package,
-migrations and image files.
+migrations, image files and the console's static files.
 
 Installed from a wheel (no repository beside it), the app must import (a
 package missing from pyproject's list fails here), `herder db upgrade` must
@@ -46,6 +46,11 @@ def test_wheel_ships_migrations_and_image_files(tmp_path: Path) -> None:
     for build in (ROOT / "images").iterdir():
         shipped = {p.name for p in (images / build.name).iterdir() if p.name != "__pycache__"}
         assert shipped == {p.name for p in build.iterdir() if p.name != "__pycache__"}, build
+    console = ROOT / "herder" / "console" / "static"
+    for path in console.rglob("*"):
+        if path.is_file():
+            shipped = target / "herder" / "console" / "static" / path.relative_to(console)
+            assert shipped.read_bytes() == path.read_bytes(), path
     upgrade = subprocess.run(
         [sys.executable, "-m", "herder", "db", "upgrade"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,

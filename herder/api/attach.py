@@ -17,10 +17,24 @@ import contextlib
 from aiohttp import WSMsgType, web
 
 from ..attach import CLOSE_STDIN, MAX_TAIL, AttachSession, Subscriber
-from ..errors import BadRequest, HerderError
+from ..errors import BadRequest, HerderError, Unauthorized
+from ..openapi import (
+    BAD_INPUT,
+    INT,
+    NAME,
+    STR,
+    TOO_MANY_STREAMS,
+    UNAUTHORIZED,
+    UNKNOWN_DAEMON,
+    Docs,
+    Op,
+    Param,
+    obj,
+)
 from ..runtime.base import OutputChunk
+from ..tokens import Claims
 from . import keys
-from .auth import require_claims
+from .auth import require_claims, token_from_request
 from .inputs import plain_int, query_flag
 
 DEFAULT_TAIL = 100
@@ -32,14 +46,41 @@ routes = web.RouteTableDef()
 
 @routes.get("/daemon/v1/attach/{name}")
 async def attach(request: web.Request) -> web.StreamResponse:
-    claims = await require_claims(request)
+    claims, bound = await _attach_claims(request)
     daemon = await request.app[keys.DAEMONS].find_running(claims.sub, request.match_info["name"])
+    if bound is not None and bound != daemon.container_name:
+        raise Unauthorized("this attach ticket is for another daemon")
     tail = _tail(request.query.get("tail"))
     binary = query_flag(request.query.get("binary"), strict="binary")
     with request.app[keys.STREAMS].hold(claims.sub):
         return await serve_attach(
             request, daemon.container_id or daemon.container_name, tail, binary
         )
+
+
+async def _attach_claims(request: web.Request) -> tuple[Claims, str | None]:
+    """The caller of an attach socket: by `?ticket=` when given (then also
+    the container name the ticket is for), else by token."""
+    ticket = request.query.get("ticket")
+    if ticket is None:
+        return await require_claims(request), None
+    token, daemon = request.app[keys.TICKETS].redeem(ticket)
+    return await request.app[keys.TOKENS].authenticate(token), daemon
+
+
+@routes.post("/daemon/v1/attach-ticket/{name}")
+async def attach_ticket(request: web.Request) -> web.Response:
+    """A single-use ticket for this daemon's attach socket (`herder.tickets`),
+    so a browser's token never goes in a URL."""
+    claims = await require_claims(request)
+    daemon = await request.app[keys.DAEMONS].find_running(claims.sub, request.match_info["name"])
+    token = token_from_request(request)
+    assert token is not None  # require_claims accepted it
+    tickets = request.app[keys.TICKETS]
+    ticket = tickets.issue(token, daemon.container_name)
+    return web.json_response(
+        {"ticket": ticket, "expires_in": tickets.seconds}, headers={"Cache-Control": "no-store"}
+    )
 
 
 def _tail(raw: str | None) -> int:
@@ -143,3 +184,49 @@ async def _receive_input(
         except HerderError:
             subscriber.drop(*CLOSE_STDIN)
             return
+
+
+# -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
+
+docs: Docs = {
+    "/daemon/v1/attach/{name}": {
+        "GET": Op(
+            "A WebSocket on a daemon's stdin and output",
+            "daemons",
+            description="Client frames go to stdin; output comes back as text (or "
+            "binary with `binary=1`), the last `tail` lines first. A browser, which "
+            "cannot send a header on a WebSocket, passes a `ticket` from "
+            "`POST /daemon/v1/attach-ticket/{name}` instead of its token.",
+            auth="token",
+            websocket=True,
+            params=(
+                NAME,
+                Param("tail", "lines of recent output first (default 100, at most 1000)", INT),
+                Param("binary", "`1`: raw binary output frames", INT),
+                Param("ticket", "a single-use ticket (instead of a token)"),
+            ),
+            responses={
+                101: "switching to the WebSocket",
+                400: BAD_INPUT,
+                401: UNAUTHORIZED,
+                404: UNKNOWN_DAEMON,
+                429: TOO_MANY_STREAMS,
+            },
+        )
+    },
+    "/daemon/v1/attach-ticket/{name}": {
+        "POST": Op(
+            "A single-use ticket for the attach WebSocket",
+            "daemons",
+            description="Valid once, for this daemon, within `expires_in` seconds; the "
+            "socket is then opened with `?ticket=`, so the token never goes in a URL.",
+            auth="token",
+            params=(NAME,),
+            responses={
+                200: ("the ticket", obj(["ticket", "expires_in"], ticket=STR, expires_in=INT)),
+                401: UNAUTHORIZED,
+                404: UNKNOWN_DAEMON,
+            },
+        )
+    },
+}

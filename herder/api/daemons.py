@@ -33,6 +33,29 @@ from ..daemons import (
     check_name,
 )
 from ..errors import BadRequest
+from ..openapi import (
+    ANY_BYTES,
+    BAD_INPUT,
+    BOOL,
+    GROUP,
+    INT,
+    JSON,
+    NAME,
+    NO_CREDITS,
+    NUM,
+    STR,
+    TEXT,
+    TOO_MANY_STREAMS,
+    UNAUTHORIZED,
+    UNKNOWN_DAEMON,
+    Body,
+    Docs,
+    Op,
+    Param,
+    Schema,
+    arr,
+    obj,
+)
 from ..runtime.base import OutputChunk
 from . import keys
 from .auth import require_claims
@@ -286,3 +309,158 @@ async def _pump(chunks: AsyncGenerator[OutputChunk, None], response: web.StreamR
 def _gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
+
+
+# -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
+
+_DAEMON_FORM = obj(["name", "image"], name=STR, image=STR, ports=STR, group=STR)
+_DAEMON_FORM["additionalProperties"] = {"type": "string", "contentMediaType": ANY_BYTES}
+_LISTED: Schema = obj(
+    ["Id", "Names", "Image", "State", "Status", "Ports", "Created", "Labels"],
+    Id=STR,
+    Names=arr(STR),
+    Image=STR,
+    State=STR,
+    Status=STR,
+    Ports=arr(obj(PrivatePort=INT, PublicPort=INT, Type=STR, IP=STR)),
+    Created=INT,
+    Labels={"type": "object", "additionalProperties": STR},
+)
+_KILLED = obj(["Killed"], Killed=arr(STR), Wiped=BOOL, Group=STR)
+_KILL_ONE = Op(
+    "Stop and remove a daemon",
+    "daemons",
+    auth="token",
+    params=(NAME, Param("wipe", "`true` also deletes its data volume", BOOL)),
+    responses={200: ("what was killed", _KILLED), 401: UNAUTHORIZED, 404: UNKNOWN_DAEMON},
+)
+_KILL_GROUP = Op(
+    "Stop and remove every daemon of a group",
+    "daemons",
+    auth="token",
+    params=(
+        Param("group", "the group", required=True),
+        Param("wipe", "`true` also deletes their data", BOOL),
+    ),
+    responses={200: ("what was killed", _KILLED), 400: BAD_INPUT, 401: UNAUTHORIZED},
+)
+_DAEMONS: Docs = {
+    "/daemon/v1/spawn": {
+        "POST": Op(
+            "Start (or restart) a daemon",
+            "daemons",
+            description="`ports` is a JSON list (`[80]`); every other field is a file "
+            "copied into the daemon's data volume. A name the caller has already is "
+            "replaced, keeping its data.",
+            auth="token",
+            body=Body(
+                "name, image, ports, group, files",
+                {
+                    "multipart/form-data": _DAEMON_FORM,
+                    "application/x-www-form-urlencoded": _DAEMON_FORM,
+                },
+            ),
+            responses={
+                200: (
+                    "the daemon",
+                    obj(
+                        ["Name", "Address", "Ports"],
+                        Name=STR,
+                        Address=STR,
+                        Ports={"type": "object", "additionalProperties": INT},
+                    ),
+                ),
+                400: BAD_INPUT,
+                401: UNAUTHORIZED,
+                402: NO_CREDITS,
+                404: "image not present locally",
+            },
+        )
+    },
+    "/daemon/v1/ls": {
+        "GET": Op(
+            "The caller's daemons",
+            "daemons",
+            auth="token",
+            params=(GROUP,),
+            responses={
+                200: ("Docker's list format", arr(_LISTED)),
+                400: BAD_INPUT,
+                401: UNAUTHORIZED,
+            },
+        )
+    },
+    "/daemon/v1/kill/{name}": {"GET": _KILL_ONE, "POST": _KILL_ONE, "DELETE": _KILL_ONE},
+    "/daemon/v1/kill": {"GET": _KILL_GROUP, "POST": _KILL_GROUP, "DELETE": _KILL_GROUP},
+}
+
+_LOGS: Docs = {
+    "/daemon/v1/logs/{name}": {
+        "GET": Op(
+            "A daemon's output",
+            "daemons",
+            auth="token",
+            params=(
+                NAME,
+                Param("tail", "the last N lines", INT),
+                Param("follow", "`1`: stream until the daemon stops", INT),
+            ),
+            responses={
+                200: ("stdout and stderr, plain text", STR, TEXT),
+                401: UNAUTHORIZED,
+                404: UNKNOWN_DAEMON,
+                429: TOO_MANY_STREAMS,
+            },
+        )
+    }
+}
+
+_EXEC_BODY = Body(
+    "the command",
+    {JSON: obj(["cmd"], cmd=arr(STR), timeout={"type": "number", "maximum": 60})},
+)
+_EXEC_RESULT = obj(
+    ["ExitCode", "StdOut", "StdErr"],
+    Daemon=STR,
+    Name=STR,
+    ExitCode={"type": ["integer", "null"]},
+    StdOut=STR,
+    StdErr=STR,
+    TimedOut=BOOL,
+    Killed=BOOL,
+    Truncated=BOOL,
+    Duration=NUM,
+)
+_EXEC: Docs = {
+    "/daemon/v1/exec/{name}": {
+        "POST": Op(
+            "Run a command in a daemon",
+            "daemons",
+            auth="token",
+            params=(NAME,),
+            body=_EXEC_BODY,
+            responses={
+                200: ("the result", _EXEC_RESULT),
+                400: BAD_INPUT,
+                401: UNAUTHORIZED,
+                404: UNKNOWN_DAEMON,
+            },
+        )
+    },
+    "/daemon/v1/exec": {
+        "POST": Op(
+            "Run a command in every daemon of a group",
+            "daemons",
+            auth="token",
+            params=(Param("group", "the group", required=True),),
+            body=_EXEC_BODY,
+            responses={
+                200: ("one result per daemon", arr(_EXEC_RESULT)),
+                400: BAD_INPUT,
+                401: UNAUTHORIZED,
+            },
+        )
+    },
+}
+
+docs: Docs = {**_DAEMONS, **_LOGS, **_EXEC}

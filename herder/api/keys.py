@@ -17,12 +17,14 @@ if TYPE_CHECKING:
     from ..metering import Meter
     from ..metrics import Metrics
     from ..minions import MinionService
+    from ..openapi import Docs
     from ..proxy.upstreams import Upstreams
     from ..reconcile import Reconciler
     from ..relay import Relay
     from ..runtime import Runtime
     from ..settings import Settings
     from ..stream_limits import StreamLimits
+    from ..tickets import AttachTickets
     from ..tokens import TokenService
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -41,3 +43,6 @@ RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
 UPSTREAMS: web.AppKey[Upstreams] = web.AppKey("upstreams")
 ATTACH: web.AppKey[AttachHub] = web.AppKey("attach")
 STREAMS: web.AppKey[StreamLimits] = web.AppKey("streams")
+TICKETS: web.AppKey[AttachTickets] = web.AppKey("tickets")
+# Every resource's OpenAPI docs (`herder.api.DOCS`), for `/openapi.json`.
+API_DOCS: web.AppKey[tuple[Docs, ...]] = web.AppKey("api_docs")

@@ -60,15 +60,12 @@ def _request_id(request: web.Request) -> str:
     return f"{_ID_PREFIX}{_next_id():x}"
 
 
-def loggable_path(request: web.Request) -> str:
-    """The path without anything secret: never the query string (it may carry
-    `?token=`), `/token/v1/inspect/<token>` with the token hidden, and
-    anything shaped like a JWT hidden wherever it is (`//token/v1/inspect/<jwt>`
-    is a 404, and a client may put its token in any path)."""
-    return _loggable(request.path)
-
-
 def _loggable(path: str) -> str:
+    """The path without anything secret (the query string, which may carry
+    `?token=`, is never logged): `/token/v1/inspect/<token>` with the token
+    hidden, and anything shaped like a JWT hidden wherever it is
+    (`//token/v1/inspect/<jwt>` is a 404, and a client may put its token in
+    any path)."""
     if path.startswith(INSPECT_PREFIX):
         return INSPECT_PREFIX + "***"
     return _JWT.sub("***", path) if "eyJ" in path else path
@@ -107,7 +104,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = response.status
     except HerderError as exc:
         status = exc.status
-        response = web.json_response(exc.payload(), status=exc.status)
+        response = web.json_response(exc.payload(), status=exc.status, headers=exc.headers)
     except web.HTTPRequestEntityTooLarge:
         status = 413
         response = web.json_response({"error": PayloadTooLarge.message}, status=413)

@@ -14,6 +14,11 @@ from aiohttp import web
 
 from ..errors import NotFound, Unauthorized
 from ..ledger.lookup import RunningDaemon
+from ..openapi import (
+    Docs,
+    Op,
+    Param,
+)
 from ..proxy.forward import PREFIX, forward
 from ..tokens import Claims
 from . import keys
@@ -62,3 +67,25 @@ async def proxy_on_own_origin(request: web.Request, name: str) -> web.StreamResp
     daemon = await _proxied_daemon(request, name)
     app = request.app
     return await forward(request, daemon, "", app[keys.UPSTREAMS], app[keys.METRICS])
+
+
+# -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
+
+_PROXY = Op(
+    "Reverse proxy to the daemon's first port",
+    "daemons",
+    description="Every method, HTTP and WebSocket; the prefix is stripped. `name` "
+    "is the daemon's `Name` from spawn (or the plain name with the owner's token).",
+    auth="optional",
+    params=(Param("name", "the daemon's Name", where="path"),),
+    responses={
+        200: "the daemon's answer (any status)",
+        404: "unknown or stopped daemon",
+        502: "the daemon refused the connection",
+        504: "the daemon timed out",
+    },
+)
+docs: Docs = {
+    "/daemon/v1/proxy/{name}/{path}": {"*": _PROXY},
+    "/daemon/v1/proxy/{name}": {"*": _PROXY},
+}

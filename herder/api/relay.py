@@ -13,6 +13,12 @@ from collections.abc import AsyncIterator
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..errors import BadRequest, Unauthorized
+from ..openapi import (
+    WEBSTRATE,
+    Docs,
+    Op,
+    Param,
+)
 from ..relay import (
     CLOSE_GOLEM_GONE,
     MINION_TYPE_MAX,
@@ -53,7 +59,7 @@ async def golem_connect(request: web.Request) -> web.WebSocketResponse:
                 "the control socket of a webstrate's golem needs that golem's key (?key=)"
             )
     ws = relay_socket()
-    peer = Peer(request, ws, f"golem {webstrate}")
+    peer = Peer(ws, f"golem {webstrate}", request.transport)
     session = relay.claim_golem(webstrate, peer, digest)  # 409 before the upgrade
     peer.on_abort = lambda: relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
     with relay.tracking(ws), request.app[keys.METRICS].websocket("golem"):
@@ -84,7 +90,7 @@ async def minion_connect(request: web.Request) -> web.WebSocketResponse:
         request.app[keys.METRICS].websocket("minion"),
     ):
         await ws.prepare(request)
-        peer = Peer(request, ws, f"minion of {webstrate}")
+        peer = Peer(ws, f"minion of {webstrate}", request.transport)
         peer.start()
         minion = MinionSession(uuid.uuid4().hex, minion_type, peer)
         golem: GolemSession | None = None
@@ -140,7 +146,7 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
     ws = relay_socket()
     if not ws.can_prepare(request).ok:
         raise BadRequest("expected a WebSocket upgrade")
-    channel = Peer(request, ws, f"channel to minion {minion.id}")
+    channel = Peer(ws, f"channel to minion {minion.id}", request.transport)
     channel.on_abort = functools.partial(minion.detach, channel)
     # The minion hears of the channel, and its early frames move to it, only
     # once the upgrade succeeded: a failed one leaves them where they were.
@@ -159,3 +165,50 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
             minion.detach(channel)
             await channel.aclose()
     return ws
+
+
+# -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
+
+_WS = {101: "switching to the WebSocket", 400: "bad webstrate id"}
+_KEY = Param("key", "the golem's key (not needed with GOLEM_OPEN_CONTROL)")
+docs: Docs = {
+    "/golem/v1/connect/{webstrate}": {
+        "GET": Op(
+            "The golem's control socket",
+            "golems",
+            description="Receives `minion-connected` and `minion-disconnected` events. "
+            "Needs the key of the webstrate's running golem (from its page URL's "
+            "fragment), unless the herder runs with `GOLEM_OPEN_CONTROL`.",
+            websocket=True,
+            params=(WEBSTRATE, _KEY),
+            responses={
+                **_WS,
+                401: "not the key of the webstrate's running golem",
+                409: "a control socket is open already",
+            },
+        )
+    },
+    "/minion/v1/connect/{webstrate}": {
+        "GET": Op(
+            "An ad-hoc minion's socket",
+            "golems",
+            websocket=True,
+            params=(WEBSTRATE, Param("type", "the minion's type")),
+            responses={**_WS, 429: "too many minions on this webstrate"},
+        )
+    },
+    "/golem/v1/connect-to/{webstrate}/{minion}": {
+        "GET": Op(
+            "The golem's data channel to one minion",
+            "golems",
+            websocket=True,
+            params=(WEBSTRATE, Param("minion", "the minion's id", where="path"), _KEY),
+            responses={
+                **_WS,
+                401: "not the key the golem's control socket presented",
+                404: "unknown minion",
+                409: "a channel is open already",
+            },
+        )
+    },
+}

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
 from ..errors import BadRequest, MethodNotAllowed, NotFound, Unauthorized
+from ..openapi import (
+    BAD_INPUT,
+    INT,
+    STR,
+    UNAUTHORIZED,
+    Body,
+    Docs,
+    Op,
+    Param,
+    obj,
+)
 from . import keys
 from .auth import require_claims
 from .inputs import read_form, read_json, shown
@@ -38,19 +47,13 @@ async def _params(request: web.Request) -> dict[str, str]:
 @routes.route("GET", "/token/v1/generate")
 @routes.route("POST", "/token/v1/generate")
 async def generate(request: web.Request) -> web.Response:
-    settings = request.app[keys.SETTINGS]
-    if not settings.token_password:
+    if not request.app[keys.SETTINGS].token_password:
+        # Before the body is read: a disabled route says so whatever is sent.
         raise MethodNotAllowed("token generation is disabled: no password is configured")
     params = await _params(request)
-    given = params.get("password", "")
-    if not hmac.compare_digest(given.encode(), settings.token_password.encode()):
-        raise Unauthorized("wrong password")
-    raw_credits = params.get("credits", "")
-    try:
-        credits = int(raw_credits) if raw_credits else settings.default_credits
-    except ValueError:
-        raise BadRequest("credits must be an integer") from None
-    token, claims = request.app[keys.TOKENS].create(params.get("email", ""), credits)
+    token, claims = request.app[keys.TOKENS].generate(
+        params.get("password", ""), params.get("email", ""), params.get("credits", "")
+    )
     return web.json_response({"token": token, "email": claims.sub, "credits": claims.crd})
 
 
@@ -78,3 +81,60 @@ async def inspect(request: web.Request) -> web.Response:
         raise NotFound("invalid token") from None
     balance = await request.app[keys.LEDGER].balance(claims.sub)
     return web.json_response({"token": token, "email": claims.sub, "credits": balance.remaining})
+
+
+# -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
+
+_TOKEN_REPLY = obj(["token", "email", "credits"], token=STR, email=STR, credits=INT)
+_GENERATE = Op(
+    "Make a token (password protected)",
+    "tokens",
+    auth="password",
+    params=(
+        Param("password", "the herder's TOKEN_PASSWORD"),
+        Param("email", "the token's subject"),
+        Param("credits", "credits granted on first use", INT),
+    ),
+    body=Body(
+        "the same fields as a form",
+        {"application/x-www-form-urlencoded": obj(password=STR, email=STR, credits=INT)},
+        required=False,
+    ),
+    responses={
+        200: ("the new token", _TOKEN_REPLY),
+        400: BAD_INPUT,
+        401: "wrong password",
+        405: "no password is configured",
+    },
+)
+docs: Docs = {
+    "/token/v1/generate": {"GET": _GENERATE, "POST": _GENERATE},
+    "/token/v1/balance": {
+        "GET": Op(
+            "The caller's subject and remaining credits",
+            "credits",
+            auth="token",
+            responses={
+                200: (
+                    "the balance",
+                    obj(
+                        ["email", "jti", "credits", "granted"],
+                        email=STR,
+                        jti=STR,
+                        credits=INT,
+                        granted=INT,
+                    ),
+                ),
+                401: UNAUTHORIZED,
+            },
+        )
+    },
+    "/token/v1/inspect/{token}": {
+        "GET": Op(
+            "A token's subject and remaining credits",
+            "tokens",
+            params=(Param("token", "the JWT", where="path"),),
+            responses={200: ("the token", _TOKEN_REPLY), 404: "invalid token"},
+        )
+    },
+}

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import HerderError, SettingsError
-from ..ledger.migrate import SchemaBehind
 from ..settings import Settings
-from . import admin, client
+from . import client
 
 SETTING_FLAGS = [f.name for f in dataclasses.fields(Settings)]
 
@@ -99,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return client.main(args)
         except KeyboardInterrupt:
             return 130
+    # Server-side commands only: the ledger (SQLAlchemy, Alembic) takes
+    # seconds to import, and `herder ping` (the image's health check) needs none of it.
+    from ..ledger.migrate import SchemaBehind
+
     try:
         settings = settings_from(args)
         return dispatch(args, settings)
@@ -122,6 +125,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from ..runtime.images import main_build
 
         return main_build(settings, list(args.names), bool(args.force))
+    from . import admin
+
     handler = {
         ("token", "create"): admin.token_create,
         ("token", "inspect"): admin.token_inspect,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +30,7 @@ from .registry import TickResult, WorkloadRegistry
 __all__ = [
     "Ledger",
     "Balance",
+    "Usage",
     "Account",
     "Charge",
     "Grant",
@@ -50,6 +50,15 @@ class Balance:
     @property
     def remaining(self) -> int:
         return self.granted - self.charged
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the credit meter shows of one subject."""
+
+    balance: Balance
+    running: list[Workload]
+    charges: list[Charge]
 
 
 class Ledger(WorkloadRegistry):
@@ -224,6 +233,44 @@ class Ledger(WorkloadRegistry):
             ).scalar_one_or_none()
         return None if value is None else int(value)
 
+    async def usage(self, subject: str, limit: int) -> Usage:
+        """The subject's balance, open metered runs (on every instance sharing
+        this ledger) and last `limit` charge rows, newest first (a running
+        workload's row grows with every metering tick)."""
+        async with self.read() as conn:
+            account = (
+                await conn.execute(
+                    select(Account.granted, Account.charged).where(Account.subject == subject)
+                )
+            ).one_or_none()
+            running = (
+                await conn.execute(
+                    select(Workload.__table__)
+                    .where(
+                        Workload.subject == subject,
+                        Workload.state == "running",
+                        Workload.metered.is_(True),
+                    )
+                    .order_by(Workload.id)
+                )
+            ).all()
+            charges = (
+                await conn.execute(
+                    select(Charge.__table__)
+                    .where(Charge.subject == subject)
+                    .order_by(Charge.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        balance = Balance(subject, 0, 0)
+        if account is not None:
+            balance = Balance(subject, int(account.granted), int(account.charged))
+        return Usage(
+            balance,
+            [Workload(**row._mapping) for row in running],
+            [Charge(**row._mapping) for row in charges],
+        )
+
     # -- revocations ---------------------------------------------------------
 
     async def revoke(self, jti: str) -> bool:
@@ -253,7 +300,3 @@ def _probe_sqlite_file(path: str | None) -> None:
     uri = f"file:{urllib.parse.quote(path)}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=2)) as db:
         db.execute("SELECT version_num FROM alembic_version").fetchall()
-
-
-def now_seconds() -> int:
-    return int(time.time())

@@ -425,13 +425,3 @@ class WorkloadRegistry:
                 )
                 known.update(str(r[0]) for r in rows)
         return known
-
-    async def charge_of(self, charge_id: int) -> tuple[int, int]:
-        """(seconds, credits) of one charge row."""
-        async with self.read() as conn:
-            row = (
-                await conn.execute(
-                    select(Charge.seconds, Charge.credits).where(Charge.id == charge_id)
-                )
-            ).one()
-        return int(row.seconds), int(row.credits)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 import aiohttp
@@ -249,6 +250,27 @@ def _upstream_failure(exc: BaseException, host: str | None) -> Exception:
 # -- HTTP ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Failures:
+    """What each client raises, for the shared tail (`_answer`)."""
+
+    reading: tuple[type[BaseException], ...]  # a small body read whole: a 502 or 504
+    broken: tuple[type[BaseException], ...]  # mid-body: the caller's connection is cut
+    gone: tuple[type[BaseException], ...]  # the caller went away
+
+
+_AIOHTTP_FAILURES = _Failures(
+    reading=(TimeoutError, aiohttp.ClientError),
+    broken=(TimeoutError, aiohttp.ClientError),
+    gone=(ConnectionResetError, aiohttp.ClientConnectionResetError),
+)
+_LEAN_FAILURES = _Failures(
+    reading=(TimeoutError, UpstreamBroken, OSError),
+    broken=(TimeoutError, UpstreamBroken),
+    gone=(ConnectionResetError,),
+)
+
+
 async def _relay_http(
     request: web.Request,
     upstreams: Upstreams,
@@ -275,39 +297,19 @@ async def _relay_http(
                 upstreams.forget(daemon.container_name)
             raise _upstream_failure(exc, target.host) from None
         async with upstream:
-            length = upstream.content_length
-            if length is not None and length <= CHUNK and request.method != "HEAD":
-                # A small body of known size: one bounded read, and headers
-                # and body go out in one write.
-                try:
-                    content = await upstream.read()
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise _upstream_failure(exc, target.host) from None
-                counted.returned = len(content)
-                small = web.Response(body=content, status=upstream.status, reason=upstream.reason)
-                _copy_downstream_headers(
-                    upstream.headers, daemon, prefix, small.headers, length=False
-                )
-                return small
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            _copy_downstream_headers(
-                upstream.headers, daemon, prefix, response.headers, length=True
+            return await _answer(
+                request,
+                daemon,
+                prefix,
+                counted,
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=upstream.headers,
+                length=upstream.content_length,
+                read_all=upstream.read,
+                chunks=lambda: upstream.content.iter_chunked(CHUNK),
+                failures=_AIOHTTP_FAILURES,
             )
-            try:
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_chunked(CHUNK):
-                    counted.returned += len(chunk)
-                    await response.write(chunk)
-                await response.write_eof()
-            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                pass  # the caller went away; closing `upstream` drops the daemon's side
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                # The daemon broke off mid-body: end the caller's connection
-                # without a clean end, so a cut body is never taken as whole.
-                log.info("upstream %s broke off: %r", target.host, exc)
-                if request.transport is not None:
-                    request.transport.close()
-        return response
     finally:
         metrics.proxied(counted.sent, counted.returned)
 
@@ -325,6 +327,53 @@ class _Counted:
         async for chunk in chunks:
             self.sent += len(chunk)
             yield chunk
+
+
+async def _answer(
+    request: web.Request,
+    daemon: RunningDaemon,
+    prefix: str,
+    counted: _Counted,
+    *,
+    status: int,
+    reason: str | None,
+    headers: Headers,
+    length: int | None,
+    read_all: Callable[[], Awaitable[bytes]],
+    chunks: Callable[[], AsyncIterator[bytes]],
+    failures: _Failures,
+) -> web.StreamResponse:
+    """The daemon's answer to the caller, the same for both clients.
+
+    A small body of known size is read whole, and headers and body go out
+    in one write; any other is streamed. A daemon that breaks off mid-body
+    has the caller's connection ended without a clean end, so a cut body
+    is never taken as whole.
+    """
+    if length is not None and length <= CHUNK and request.method != "HEAD":
+        try:
+            content = await read_all()
+        except failures.reading as exc:
+            raise _upstream_failure(exc, daemon.address) from None
+        counted.returned = len(content)
+        small = web.Response(body=content, status=status, reason=reason)
+        _copy_downstream_headers(headers, daemon, prefix, small.headers, length=False)
+        return small
+    response = web.StreamResponse(status=status, reason=reason)
+    _copy_downstream_headers(headers, daemon, prefix, response.headers, length=True)
+    try:
+        await response.prepare(request)
+        async for chunk in chunks():
+            counted.returned += len(chunk)
+            await response.write(chunk)
+        await response.write_eof()
+    except failures.gone:
+        pass  # the caller went away; closing the upstream drops the daemon's side
+    except failures.broken as exc:
+        log.info("upstream %s broke off: %r", daemon.address, exc)
+        if request.transport is not None:
+            request.transport.close()
+    return response
 
 
 # -- HTTP, the lean way: plain GET and HEAD -------------------------------------------
@@ -360,12 +409,11 @@ async def _relay_lean(
 ) -> web.StreamResponse:
     """`_relay_http` for a request without a body, over the lean client."""
     assert daemon.first_port is not None
-    host = daemon.address
-    returned = 0
+    counted = _Counted()
     try:
         try:
             upstream = await upstreams.pool.request(
-                host,
+                daemon.address,
                 daemon.first_port,
                 head,
                 head_request=request.method == "HEAD",
@@ -375,42 +423,25 @@ async def _relay_lean(
         except (TimeoutError, UpstreamBroken, OSError) as exc:
             if isinstance(exc, UpstreamUnreachable):
                 upstreams.forget(daemon.container_name)
-            raise _upstream_failure(exc, host) from None
+            raise _upstream_failure(exc, daemon.address) from None
         try:
-            length = upstream.content_length
-            if length is not None and length <= CHUNK and request.method != "HEAD":
-                try:
-                    content = await upstream.body.read_all()
-                except (TimeoutError, UpstreamBroken, OSError) as exc:
-                    raise _upstream_failure(exc, host) from None
-                returned = len(content)
-                small = web.Response(body=content, status=upstream.status, reason=upstream.reason)
-                _copy_downstream_headers(
-                    upstream.headers, daemon, prefix, small.headers, length=False
-                )
-                return small
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            _copy_downstream_headers(
-                upstream.headers, daemon, prefix, response.headers, length=True
+            return await _answer(
+                request,
+                daemon,
+                prefix,
+                counted,
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=upstream.headers,
+                length=upstream.content_length,
+                read_all=upstream.body.read_all,
+                chunks=lambda: upstream.body.chunks(CHUNK),
+                failures=_LEAN_FAILURES,
             )
-            try:
-                await response.prepare(request)
-                async for chunk in upstream.body.chunks(CHUNK):
-                    returned += len(chunk)
-                    await response.write(chunk)
-                await response.write_eof()
-            except (TimeoutError, UpstreamBroken) as exc:
-                # As in `_relay_http`: a body cut by the daemon is never passed as whole.
-                log.info("upstream %s broke off: %r", host, exc)
-                if request.transport is not None:
-                    request.transport.close()
-            except ConnectionResetError:
-                pass  # the caller went away; closing `upstream` drops the daemon's side
-            return response
         finally:
             upstream.close()
     finally:
-        metrics.proxied(0, returned)
+        metrics.proxied(0, counted.returned)
 
 
 # -- WebSocket ------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ touching the routes. Implementations map engine errors to `HerderError`s or
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -125,6 +126,9 @@ class RunSpec:
     out after the run (a regular file of at most `output_file_limit` bytes,
     reached without following any symlink). `network` names the network the
     run joins (see `Runtime.ensure_network`); None: no network at all.
+    `workdir` is a tmpfs of `disk_bytes` (its pages count against the run's
+    memory when the run writes them), so nothing a run writes reaches the
+    host's disk.
     """
 
     image: str
@@ -139,6 +143,7 @@ class RunSpec:
     output_file: str | None = None
     output_file_limit: int = 64 << 20
     tmp_bytes: int = 64 << 20
+    disk_bytes: int = 128 << 20
     nofile: int = 1024
     uid: int = 1000
     gid: int = 1000
@@ -155,7 +160,11 @@ class RunResult:
     note when cut (then `*_truncated`). `exit_code` is None when the run was
     killed for its timeout (`timed_out`). `output` is the output file's
     bytes, or None with `output_note` saying why (missing, not a regular
-    file, too large).
+    file, too large). `output_stream`, from `Runtime.run` only, is the
+    output file to read while the run's context is open (then `output` is
+    None). `disk_full` tells that the workdir had no room left at the end;
+    `pooled` that the run used a container prepared before it
+    (`Runtime.prepare_run`).
     """
 
     stdout: bytes
@@ -168,6 +177,18 @@ class RunResult:
     oom_killed: bool
     output: bytes | None = None
     output_note: str | None = None
+    output_stream: OutputStream | None = None
+    disk_full: bool = False
+    pooled: bool = False
+
+
+class OutputStream(Protocol):
+    """A run's output file, read from the engine as it is consumed."""
+
+    size: int
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes, in order; `size` of them in all."""
 
 
 class Attachment(Protocol):
@@ -286,21 +307,40 @@ class Runtime(Protocol):
         when it is not running.
         """
 
-    async def run_once(self, spec: RunSpec) -> RunResult:
-        """Run a one-shot container to its end and return what it printed.
+    def run(
+        self, spec: RunSpec, *, prepared: str | None = None
+    ) -> AbstractAsyncContextManager[RunResult]:
+        """Run a one-shot container to its end; the context gives what it
+        printed, and the container is removed when the context exits.
 
-        Called by minion spawns. Creates the container with the limits of
-        `spec` (no swap beyond memory, no network unless `spec.network`, all
+        Called by minion spawns. The container has the limits of `spec` (no
+        swap beyond memory, no network unless `spec.network`, all
         capabilities dropped, no-new-privileges, non-root user, an init,
-        read-only root with a writable workdir and a size-capped /tmp),
-        copies the files in through the engine API, starts it, waits at most
-        `spec.timeout` seconds (then kills it, keeping the partial output),
-        reads stdout and stderr apart, copies the output file out, and
-        removes the container whatever happened, cancellation included.
+        read-only root, a size-capped tmpfs workdir and /tmp). The files are
+        copied in through the engine API while the container waits, then the
+        run's command starts: `spec.timeout` counts from there (then it is
+        killed, keeping the partial output). stdout and stderr are read
+        apart; the output file is opened as `RunResult.output_stream`, to
+        read before the context exits. The container is removed whatever
+        happened, cancellation included.
+
+        `prepared` is a container made by `prepare_run` for an equal spec
+        (files, labels and output file aside): then only the copy-in and the
+        run itself are left. A prepared container that is no longer waiting
+        is removed and a new one made (`RunResult.pooled` False).
+
         Raises `ImageNotFound` when the image is not present locally (it is
         never pulled) and `RuntimeUnavailable` when the engine fails.
         Several runs may proceed concurrently.
         """
+
+    async def run_once(self, spec: RunSpec, *, prepared: str | None = None) -> RunResult:
+        """`run`, with the output file read into `RunResult.output`."""
+
+    async def prepare_run(self, spec: RunSpec) -> str:
+        """Create and start a container for runs like `spec` (its files and
+        output file are ignored), waiting for its run; its id. Called by the
+        warm pool; the container carries `spec.labels`. Raises like `run`."""
 
     async def close(self) -> None:
         """Release the engine connection; called once at shutdown."""

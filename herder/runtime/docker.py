@@ -8,16 +8,16 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
 import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
-from aiodocker.stream import Stream
 
 from ..errors import BadRequest, Conflict, ImageNotFound, NotFound
-from . import oneshot, proctree
+from . import proctree
 from .base import (
     LABEL_MANAGED,
     Attachment,
@@ -30,12 +30,11 @@ from .base import (
     RuntimeUnavailable,
     ServiceSpec,
 )
+from .runs import OneShotRuns
 from .tarball import files_tar
 
 log = logging.getLogger("herder.runtime")
 
-# Seconds to wait, after a run ends, for the last frames of its output.
-_DRAIN_GRACE = 5.0
 # Seconds `close` waits for container removals still under way.
 _CLEANUP_GRACE = 15.0
 # The herder network: a bridge whose containers cannot reach each other.
@@ -66,6 +65,7 @@ class DockerRuntime:
         # One-shot runs under way and removals of their containers that
         # outlive a cancelled request: `close` waits for them.
         self._cleanups: set[asyncio.Future[None]] = set()
+        self.oneshot = OneShotRuns(self)
 
     async def close(self) -> None:
         # Removals under way finish first: with the clients closed they could not.
@@ -399,115 +399,18 @@ class DockerRuntime:
             killed=killed,
         )
 
-    async def run_once(self, spec: RunSpec) -> RunResult:
-        # Until this run has cleaned up after itself, `close` keeps the clients open.
-        running = self._tracked(asyncio.get_running_loop().create_future())
-        try:
-            return await self._run_once(spec)
-        finally:
-            running.set_result(None)
+    # -- one-shot runs (herder.runtime.runs) -------------------------------------
 
-    async def _run_once(self, spec: RunSpec) -> RunResult:
-        archive = await asyncio.to_thread(files_tar, spec.files, uid=spec.uid, gid=spec.gid)
-        if spec.network:
-            await self.ensure_network(spec.network)
-        creating = asyncio.ensure_future(self.docker.containers.create(oneshot.run_config(spec)))
-        try:
-            # Shielded: cancelled mid-create, the engine still makes the container.
-            container = await asyncio.shield(creating)
-        except asyncio.CancelledError:
-            self._cleanup(self._remove_once_created(creating))
-            raise
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                raise ImageNotFound(f"image {spec.image!r} is not available locally") from None
-            raise RuntimeUnavailable("Docker Engine refused to create the container") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise RuntimeUnavailable("Docker Engine not answering") from exc
-        stream = oneshot.attach_stream(self.runs, container.id)
-        try:
-            return await self._run_created(container, stream, archive, spec)
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-            raise RuntimeUnavailable("Docker Engine failed during the run") from exc
-        finally:
-            # A cancelled request still removes its container.
-            await asyncio.shield(self._cleanup(self._discard_run(container.id, stream)))
+    def run(
+        self, spec: RunSpec, *, prepared: str | None = None
+    ) -> AbstractAsyncContextManager[RunResult]:
+        return self.oneshot.run(spec, prepared)
 
-    async def _remove_once_created(self, creating: asyncio.Future[DockerContainer]) -> None:
-        try:
-            container = await creating
-        except Exception:
-            return  # never made
-        await self._discard_run(container.id, None)
+    async def run_once(self, spec: RunSpec, *, prepared: str | None = None) -> RunResult:
+        return await self.oneshot.run_once(spec, prepared)
 
-    async def _run_created(
-        self, container: DockerContainer, stream: Stream, archive: bytes, spec: RunSpec
-    ) -> RunResult:
-        # Copy the files in while the attach stream opens: both before start.
-        put = asyncio.ensure_future(container.put_archive(spec.workdir, archive))
-        try:
-            await stream.__aenter__()
-        except BaseException:
-            put.cancel()
-            await asyncio.gather(put, return_exceptions=True)
-            raise
-        await put
-        stdout = oneshot.CappedBuffer(spec.output_limit)
-        stderr = oneshot.CappedBuffer(spec.output_limit)
-        reader = asyncio.create_task(oneshot.capture(stream, stdout, stderr))
-        exit_code: int | None = None
-        timed_out = False
-        try:
-            started = time.monotonic()
-            await self._start(container, spec.network)
-            try:
-                async with asyncio.timeout(spec.timeout):
-                    status = await self.runs.containers.container(container.id).wait()
-                exit_code = int(status.get("StatusCode", -1))
-            except TimeoutError:
-                timed_out = True
-                await _kill_quietly(container)
-            duration = time.monotonic() - started
-            # The stream ends when the container does; a little grace for the
-            # last frames, then whatever arrived is the output.
-            await asyncio.wait({reader}, timeout=_DRAIN_GRACE)
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        oom_killed = False
-        if exit_code == 137:  # a SIGKILL we did not send: ask the engine why
-            state = (await container.show()).get("State") or {}
-            oom_killed = bool(state.get("OOMKilled"))
-        output: bytes | None = None
-        note: str | None = None
-        if spec.output_file is not None and not timed_out:  # a timeout answers 504 anyway
-            output, note = await oneshot.copy_out(
-                self.docker, container.id, spec.workdir, spec.output_file, spec.output_file_limit
-            )
-        return RunResult(
-            stdout=stdout.value(),
-            stderr=stderr.value(),
-            stdout_truncated=stdout.truncated,
-            stderr_truncated=stderr.truncated,
-            exit_code=exit_code,
-            duration=duration,
-            timed_out=timed_out,
-            oom_killed=oom_killed,
-            output=output,
-            output_note=note,
-        )
-
-    async def _discard_run(self, container_id: str, stream: Stream | None) -> None:
-        try:
-            if stream is not None:
-                await stream.close()
-        except Exception:  # the stream is done with either way
-            log.debug("closing the attach stream of %s failed", container_id, exc_info=True)
-        try:
-            await self.remove(container_id)
-        except Exception:
-            # Left for the start-up sweep of this instance's minions.
-            log.warning("could not remove minion container %s", container_id, exc_info=True)
+    async def prepare_run(self, spec: RunSpec) -> str:
+        return await self.oneshot.prepare(spec)
 
     # -- interactive access ------------------------------------------------------
 
@@ -745,14 +648,6 @@ def _from_inspect(data: dict[str, Any]) -> ContainerInfo:
         finished_at=_docker_time(state.get("FinishedAt", "")),
         raw=data,
     )
-
-
-async def _kill_quietly(container: DockerContainer) -> None:
-    try:
-        await container.kill()
-    except aiodocker.DockerError as exc:
-        if exc.status not in (404, 409):  # gone or already stopped: done
-            raise
 
 
 def _docker_time(value: str) -> float:

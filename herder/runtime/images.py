@@ -31,6 +31,7 @@ from aiodocker.exceptions import DockerError
 
 from ..bundled import images_dir
 from ..settings import Settings
+from .build_progress import BuildReporter
 
 UPSTREAM_BASE = "debian:bookworm-slim"
 BASE_REPO, BASE_TAG = "herder/base", "bookworm"
@@ -127,15 +128,27 @@ async def build_images(
 
 
 def main_build(settings: Settings, names: list[str], force: bool) -> int:
-    """`herder images build [NAME...] [--force]`: 0 on success, 1 on failure."""
+    """`herder images build [NAME...] [--force]`: 0 on success, 1 on failure.
+
+    On a terminal, progress is a status line per image (steps, bytes from
+    the mirror); elsewhere, the builder's lines as they come."""
+    reporter = BuildReporter(sys.stderr) if sys.stderr.isatty() else None
     try:
-        built = asyncio.run(build_images(settings, names, force=force))
+        built = asyncio.run(
+            build_images(settings, names, force=force, progress=reporter or print_to_stderr)
+        )
     except ImageBuildError as exc:
+        if reporter:
+            reporter.close()
         print(f"herder images build: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if reporter:
+            reporter.close()
         print("herder images build: interrupted", file=sys.stderr)
         return 130
+    if reporter:
+        reporter.close()
     print(f"built: {', '.join(built)}" if built else "nothing to build", file=sys.stderr)
     return 0
 

@@ -1,0 +1,431 @@
+"""The console in a real browser (Debian's Chromium driven by Selenium through
+chromedriver) against a real `herder serve` and the real Docker Engine.
+
+One browser session walks the flows a person would: sign in, spawn a daemon
+from the form (with an uploaded file), see it listed, open its proxied page,
+follow its logs, type into its terminal and read the echo, run a python
+minion in the playground, watch the balance fall while the daemon runs,
+kill it with a confirmation, and be sent back to the sign-in with a message
+by a bad token. A screenshot of each page goes to tests/artifacts/console/
+(git-ignored; the README's are copies in docs/console/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from herder.signing import load_keypair
+from herder.tokens import TokenService
+
+from .conftest import make_settings
+from .images import BUSYBOX_IMAGE, build_on_busybox, ensure_busybox_image
+
+ROOT = Path(__file__).resolve().parent.parent
+HERDER = [sys.executable, "-m", "herder"]
+ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
+DOWNLOADS = ARTIFACTS / "downloads"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# A daemon serving /minion on port 80 and echoing its stdin to its stdout.
+WEB_IMAGE = "herder-test/busybox-console:1"
+WEB_CMD = ["sh", "-c", "httpd -p 80 -h /minion && echo daemon ready && exec cat"]
+WAIT = 30
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Herder:
+    """A real `herder serve` on a free port with this session's instance id."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.settings = make_settings(data_dir)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HERDER_")}
+        env.update(
+            HERDER_DATA_DIR=str(self.data_dir),
+            HERDER_HOST="127.0.0.1",
+            HERDER_PORT=str(self.port),
+            HERDER_PUBLIC_URL=self.url,
+            HERDER_DAEMON_BIND_ADDRESS="127.0.0.1",
+            HERDER_WEBSTRATES_URL="http://127.0.0.1:9",
+            HERDER_GOLEM_IMAGE=BUSYBOX_IMAGE,  # a stand-in: the page only lists and controls it
+        )
+        with open(self.log, "wb") as log_file:
+            self.proc = subprocess.Popen(
+                [*HERDER, "serve"], env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"herder serve did not start:\n{self.log.read_text()}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def token(self, email: str, credits: int) -> str:
+        service = TokenService(load_keypair(self.data_dir), self.settings, ledger=None)  # type: ignore[arg-type]
+        return service.create(email, credits, 1)[0]
+
+    def call(self, method: str, path: str, token: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def herder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herder]:
+    asyncio.run(ensure_busybox_image())
+    build_on_busybox(WEB_IMAGE, WEB_CMD)
+    served = Herder(tmp_path_factory.mktemp("console"))
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    """Debian's Chromium, headless, with the flags this machine's closed network needs."""
+    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), (
+        "Chromium and chromedriver are missing: scripts/test installs Debian's "
+        "chromium and chromium-driver"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1360,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    shutil.rmtree(DOWNLOADS, ignore_errors=True)
+    DOWNLOADS.mkdir(parents=True)
+    options.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(DOWNLOADS), "download.prompt_for_download": False},
+    )
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Page:
+    """The console in the browser: waits, finds and screenshots."""
+
+    def __init__(self, driver: WebDriver, url: str) -> None:
+        self.driver = driver
+        self.url = url
+        self.shots: set[str] = set()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    def until(self, what: Callable[[], Any], message: str, timeout: float = WAIT) -> Any:
+        def check(_: Any) -> Any:
+            try:
+                return what()
+            except WebDriverException:
+                return None
+
+        try:
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(check)
+        except Exception:
+            self.driver.save_screenshot(str(ARTIFACTS / f"failed-{secrets.token_hex(2)}.png"))
+            raise AssertionError(f"{message}; page error: {self.text('error-text')!r}") from None
+
+    def click(self, css: str) -> None:
+        """Click what `css` finds, found afresh (lists are redrawn as they refresh)."""
+
+        def attempt() -> bool:
+            self.find(css).click()
+            return True
+
+        self.until(attempt, f"cannot click {css}")
+
+    def find(self, css: str) -> WebElement:
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def text(self, element_id: str) -> str:
+        try:
+            return str(self.driver.find_element(By.ID, element_id).text)
+        except WebDriverException:
+            return ""
+
+    def visible(self, css: str) -> WebElement | None:
+        found = self.driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0] if found and found[0].is_displayed() else None
+
+    def go(self, hash_: str, page: str) -> None:
+        self.driver.execute_script("location.hash = arguments[0]", hash_)
+        self.until(lambda: self.visible(f"#page-{page}"), f"the {page} page did not show")
+
+    def shot(self, name: str) -> None:
+        assert self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+        self.shots.add(name)
+
+
+def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> None:
+    email = f"console-{secrets.token_hex(3)}@example.org"
+    token = herder.token(email, credits=100_000)
+    page = Page(browser, herder.url)
+
+    # -- a bad token is refused at the sign-in, with a message
+    browser.get(herder.url + "/console/")
+    page.until(lambda: page.visible("#signin-form"), "no sign-in form")
+    page.find("#signin-token").send_keys("not-a-token")
+    page.find("#signin-form button[type=submit]").click()
+    message = page.until(lambda: page.visible("#signin-message"), "no sign-in message")
+    assert "Sign-in failed" in message.text and "token" in message.text
+    page.shot("signin")
+
+    # -- sign in
+    field = page.find("#signin-token")
+    field.clear()
+    field.send_keys(token)
+    page.find("#signin-form button[type=submit]").click()
+    page.until(lambda: page.visible("#page-daemons"), "the daemons page did not show")
+    page.until(lambda: page.text("who-email") == email, "the subject is not shown")
+    assert token not in browser.current_url
+
+    # -- an API error is a readable message: a spawn of an image that is not here
+    form = page.find("#spawn-form")
+    form.find_element(By.NAME, "name").send_keys("web")
+    form.find_element(By.NAME, "image").send_keys("no/such-image:1")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    page.until(lambda: page.visible("#error"), "no error shown")
+    assert "no/such-image:1" in page.text("error-text")
+    assert page.text("spawn-result").startswith("Spawn failed: ")
+    page.find("#error-close").click()
+
+    # -- spawn a daemon from the form, with an uploaded file
+    index = tmp_path / "index.html"
+    index.write_text("<h1>served by a console daemon</h1>\n")
+    form.find_element(By.NAME, "image").clear()
+    form.find_element(By.NAME, "image").send_keys(WEB_IMAGE)
+    form.find_element(By.NAME, "ports").send_keys("80")
+    form.find_element(By.NAME, "group").send_keys("site")
+    form.find_element(By.NAME, "files").send_keys(str(index))
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    page.until(lambda: "Spawned web-" in page.text("spawn-result"), "the spawn did not answer")
+    web = '#daemons-table tr[data-name="web"]'
+    cells = page.until(
+        lambda: [c.text for c in page.find(web).find_elements(By.TAG_NAME, "td")],
+        "web is not listed",
+    )
+    assert cells[1] == "running" and cells[2] == WEB_IMAGE and cells[3] == "site", cells
+    assert cells[5], "no node shown"
+
+    # -- its logs, followed: earlier output, then what it writes later
+    page.click(f"{web} button.logs")
+    page.until(lambda: "daemon ready" in page.text("logs"), "the logs did not show")
+    herder.call(
+        "POST",
+        "/daemon/v1/exec/web",
+        token,
+        {"cmd": ["sh", "-c", "echo written later > /proc/1/fd/1"]},
+    )
+    page.until(lambda: "written later" in page.text("logs"), "the followed logs did not grow")
+    page.shot("daemons")
+
+    # -- its proxied page, in a tab of its own
+    page.until(
+        lambda: page.find(f"{web} a.port").get_attribute("rel") == "noopener noreferrer",
+        "the proxied page would open with an opener",
+    )
+    console_tab = browser.current_window_handle
+    page.click(f"{web} a.port")
+    page.until(lambda: len(browser.window_handles) == 2, "the proxied page did not open")
+    browser.switch_to.window([h for h in browser.window_handles if h != console_tab][0])
+    page.until(
+        lambda: "served by a console daemon" in browser.find_element(By.TAG_NAME, "h1").text,
+        "the proxied page is not the uploaded file",
+    )
+    assert "/daemon/v1/proxy/web-" in browser.current_url
+    # The token stayed behind (a sandboxed page, an opaque origin, has no storage at all).
+    assert browser.execute_script(
+        "try { return sessionStorage.getItem('herder.token') } catch (e) { return null }"
+    ) is None  # fmt: skip
+    browser.close()
+    browser.switch_to.window(console_tab)
+
+    # -- the terminal: type, and read the daemon's echo (local echo off)
+    page.click(f"{web} a.terminal")
+    page.until(lambda: page.visible("#page-terminal"), "the terminal page did not show")
+    page.until(
+        lambda: page.text("term-status") == "connected to web", "the terminal did not connect"
+    )
+    page.until(lambda: "daemon ready" in page.find(".xterm-rows").text, "no recent output first")
+    page.find("#term-echo").click()
+    page.find(".xterm-helper-textarea").send_keys("hello terminal\n")
+    page.until(lambda: "hello terminal" in page.find(".xterm-rows").text, "no echo in the terminal")
+    page.shot("terminal")
+    page.find("#term-connect").click()  # reconnect: the recent output comes first again
+    page.until(lambda: page.text("term-status") == "connected to web", "no reconnect")
+    page.until(lambda: "hello terminal" in page.find(".xterm-rows").text, "no replay on reconnect")
+
+    # -- a python minion in the playground
+    page.go("minions", "minions")
+    page.until(lambda: Select(page.find("#minion-env")).options, "no envs")
+    Select(page.find("#minion-env")).select_by_value("python")
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#minion-files .file")
+    names = [b.find_element(By.CSS_SELECTOR, ".file-name").get_attribute("value") for b in boxes]
+    assert names == ["main.sh", "main.py"], names
+    code = boxes[1].find_element(By.CSS_SELECTOR, ".file-text")
+    code.clear()
+    code.send_keys("import sys\nprint(6 * 7)\nprint('to stderr', file=sys.stderr)\n")
+    page.find("#minion-run").click()
+    page.until(lambda: page.text("minion-stdout") == "42", "the minion's stdout did not show")
+    assert page.text("minion-exit") == "0" and page.text("minion-stderr") == "to stderr"
+    assert float(page.text("minion-duration")) > 0
+    # ... and one that hands back an output file, to download
+    code.clear()
+    code.send_keys("open('result.txt', 'w').write('made by a minion')\n")
+    page.find("#minion-output").send_keys("result.txt")
+    page.find("#minion-run").click()
+    link = page.until(lambda: page.visible("#minion-download"), "no download link")
+    assert link.text == "download result.txt (16 bytes)" and link.get_attribute("download")
+    link.click()
+    downloaded = DOWNLOADS / "result.txt"
+    page.until(lambda: downloaded.is_file() and downloaded.read_text(), "nothing was downloaded")
+    assert downloaded.read_text() == "made by a minion"
+    page.shot("minions")
+
+    # -- the balance falls while the daemon runs
+    page.go("credits", "credits")
+    page.until(lambda: page.text("credits-balance").isdigit(), "no balance")
+    page.until(lambda: page.text("credits-rate") == "1", "the meter shows no rate")
+    first = int(page.text("credits-balance"))
+    page.until(
+        lambda: int(page.text("credits-balance")) < first,
+        "the balance did not fall without a reload",
+    )
+    page.until(
+        lambda: "daemon" in page.find("#charges-table tbody").text, "no recent daemon charge"
+    )
+    page.shot("credits")
+
+    # -- golems and node pages show
+    page.go("golems", "golems")
+    page.until(lambda: page.visible("#golems-empty"), "the golem list did not load")
+    page.find("#golem-form input[name=webstrate]").send_keys("console-ws")
+    page.find("#golem-form button[type=submit]").click()
+    golem = '#golems-table tr[data-webstrate="console-ws"]'
+    page.until(lambda: page.find(f"{golem} a").get_attribute("href") ==
+               "http://127.0.0.1:9/console-ws", "the golem is not listed with its link")  # fmt: skip
+    assert page.find(f"{golem} .connected").text == "not connected"
+    page.shot("golems")
+    page.click(f"{golem} button:not(.danger)")  # reset
+    page.click(f"{golem} button.danger")  # kill
+    page.until(lambda: page.visible("#confirm"), "no confirmation")
+    page.find("#confirm-ok").click()
+    page.until(lambda: page.visible("#golems-empty"), "the golem is still listed")
+    page.go("node", "node")
+    page.until(lambda: "CPU Count" in page.text("node-table"), "no node specs")
+    page.shot("node")
+
+    # -- kill it (and wipe), with a confirmation
+    page.go("daemons", "daemons")
+    page.click(f"{web} button.wipe")
+    dialog = page.until(lambda: page.visible("#confirm"), "no confirmation")
+    assert "delete its data" in dialog.text
+    page.find("#confirm-ok").click()
+    page.until(lambda: page.visible("#daemons-empty"), "the daemon is still listed")
+    assert herder.call("GET", "/daemon/v1/ls", token) == []
+
+    # -- the API page renders the document
+    browser.get(herder.url + "/console/api")
+    page.until(lambda: "/daemon/v1/spawn" in page.text("api-ops"), "the API page is empty")
+    assert page.text("api-title").startswith("herder API")
+    page.find("#post_daemon_v1_spawn summary").click()
+    page.until(lambda: "multipart/form-data" in page.text("post_daemon_v1_spawn"), "no body")
+    page.shot("api")
+
+    # -- a token that goes bad returns to the sign-in with a message
+    browser.get(herder.url + "/console/")
+    page.until(lambda: page.visible("#page-daemons"), "the tab forgot its sign-in")
+    browser.execute_script("sessionStorage.setItem('herder.token', arguments[0])", token + "x")
+    browser.refresh()
+    message = page.until(lambda: page.visible("#signin-message"), "a bad token kept the page")
+    assert "Signed out" in message.text and "invalid token" in message.text
+    assert browser.execute_script("return sessionStorage.getItem('herder.token')") is None
+
+    # -- sign out forgets the token
+    page.find("#signin-token").send_keys(token)
+    page.find("#signin-form button[type=submit]").click()
+    page.until(lambda: page.visible("#signout"), "no sign-out")
+    page.find("#signout").click()
+    page.until(lambda: page.visible("#signin-form"), "sign-out kept the page")
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+    # -- and nothing the pages did broke their Content-Security-Policy
+    logs = [entry["message"] for entry in browser.get_log("browser")]
+    assert not [m for m in logs if "Content Security Policy" in m or "Refused to" in m], logs
+
+    # -- a screenshot of each page is kept with the artifacts
+    pages = {"signin", "daemons", "terminal", "minions", "credits", "golems", "node", "api"}
+    assert page.shots == pages
+    docs = os.environ.get("HERDER_CONSOLE_DOCS_DIR")
+    if docs:  # refresh the README's copies: HERDER_CONSOLE_DOCS_DIR=docs/console
+        for name in pages:
+            shutil.copy(ARTIFACTS / f"{name}.png", Path(docs) / f"{name}.png")
