@@ -150,6 +150,8 @@ class TextFormatter(_SecondCachedTime):
 
 
 def configure_logging(log_format: str) -> None:
+    # No format shows them, and a record is made for every request.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.addFilter(MalformedRequestFilter())

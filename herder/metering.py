@@ -2,21 +2,22 @@
 
 Each tick (`settings.metering_interval`, 1 s by default) runs
 `Ledger.meter_tick`: one transaction that charges every running workload of
-this herder from its persisted `metered_until` up to now. Because the
-position is persisted with the charges, a late tick charges the seconds it
-missed and a restarted herder charges the time it was down, once.
+this herder from the persisted meter position up to now (by moving the
+instance's meter clock, not every run's row; see `herder.ledger.registry`).
+Because the position is persisted with the charges, a late tick charges the
+seconds it missed and a restarted herder charges the time it was down, once.
 
 Wall-clock jumps are told apart from elapsed time with the monotonic clock:
-a jump shifts every `metered_until` by the jump (so it neither charges an
-hour nor a negative amount), and no workload is charged more than the
-monotonic time since the previous successful tick.
+a jump shifts the position (and the start of runs not charged yet) by the
+jump (so it neither charges an hour nor a negative amount), and no workload
+is charged more than the monotonic time since the previous successful tick.
 
 Daemons of subjects at or below zero are stopped right after the tick that
-found them. The loop starts after the first reconcile with Docker. When charges cannot be recorded for longer than
-`settings.metering_grace`, every daemon of this herder is stopped rather than
-left running unmetered; once the database answers again the registry is
-reconciled (runs of stopped containers are closed at their stop time) before
-metering goes on.
+found them. The loop starts after the first reconcile with Docker. When
+charges cannot be recorded for longer than `settings.metering_grace`, every
+daemon of this herder is stopped rather than left running unmetered; once
+the database answers again the registry is reconciled (runs of stopped
+containers are closed at their stop time) before metering goes on.
 """
 
 from __future__ import annotations

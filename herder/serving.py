@@ -273,9 +273,11 @@ def run(
     app: web.Application,
     settings: Settings,
     guards: Guards,
+    loop: asyncio.AbstractEventLoop,
     on_ready: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> None:
-    """Serve `app` until SIGINT or SIGTERM (as `web.run_app`, with the guards)."""
+    """Serve `app` on `loop` until SIGINT or SIGTERM (as `web.run_app`, with
+    the guards); the loop is closed at the end."""
 
     async def serve() -> None:
         runner = GuardedRunner(
@@ -290,7 +292,6 @@ def run(
         finally:
             await runner.cleanup()
 
-    loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     main = loop.create_task(serve())
     try:

@@ -333,6 +333,9 @@ class Settings:
         "open-files limit leaves for clients",
         minimum=0,
     )
+    uvloop: bool = _setting(
+        True, _parse_bool, "serve on uvloop's event loop when it is installed (it is a dependency)"
+    )
 
     def __repr__(self) -> str:
         parts = []

@@ -33,6 +33,20 @@ _counter = itertools.count()
 POSTGRES_URL = os.environ.get(
     "HERDER_TEST_POSTGRES_URL", "postgresql+asyncpg://herder:herder@127.0.0.1:5432/herder_test"
 )
+# Test modules whose tests run once on each event loop (see the hook below).
+UVLOOP_MODULES = frozenset({"test_proxy", "test_upstream"})
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    """The proxy's tests run on both event loops `herder serve` may use:
+    uvloop (its default) and asyncio's (`HERDER_UVLOOP=false`); the others
+    on asyncio's."""
+    module = getattr(item, "module", None)
+    if module is None or module.__name__.rsplit(".", 1)[-1] not in UVLOOP_MODULES:
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

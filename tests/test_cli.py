@@ -52,6 +52,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["serve"], {"HERDER_HEADER_TIMEOUT": "0"}, "HERDER_HEADER_TIMEOUT"),
         (["serve"], {"HERDER_BODY_MIN_RATE": "fast"}, "HERDER_BODY_MIN_RATE"),
         (["serve"], {"HERDER_CONNECTIONS_PER_CLIENT": "-1"}, "HERDER_CONNECTIONS_PER_CLIENT"),
+        (["serve"], {"HERDER_UVLOOP": "sometimes"}, "HERDER_UVLOOP"),
         (["token", "create", "-e", "a@b.c"], {"HERDER_PUBLIC_URL": "ftp://x"}, "HERDER_PUBLIC_URL"),
     ],
 )
@@ -65,6 +66,21 @@ def test_bad_settings_exit_2_with_one_line(
     assert len(lines) == 1, result.stderr
     assert names in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_serve_runs_on_uvloop_unless_turned_off(tmp_path: Path) -> None:
+    import asyncio
+
+    import uvloop
+
+    from herder.cli.serve import event_loop
+
+    for uvloop_on, kind in ((True, uvloop.Loop), (False, asyncio.BaseEventLoop)):
+        loop = event_loop(make_settings(tmp_path / "d", uvloop=uvloop_on))
+        try:
+            assert isinstance(loop, kind) and isinstance(loop, uvloop.Loop) == uvloop_on
+        finally:
+            loop.close()
 
 
 def test_secret_settings_hidden_in_repr(tmp_path: Path) -> None:

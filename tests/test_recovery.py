@@ -184,3 +184,4 @@ async def test_sigterm_ends_follows_and_attaches_and_leaves_daemons_running(
     follow.release()
     assert (await (await docker.containers.get(name)).show())["State"]["Running"]
     assert "Traceback" not in herder.log.read_text()
+    assert "event loop: uvloop" in herder.log.read_text()  # the default of `herder serve`

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 
 from .. import serving
@@ -17,6 +19,22 @@ def configure_logging(settings: Settings) -> None:
     _configure(settings.log_format)
 
 
+log = logging.getLogger("herder.serve")
+
+
+def event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """uvloop's event loop (less CPU per proxied request than asyncio's)
+    unless `settings.uvloop` is off or uvloop is not installed."""
+    if settings.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed: serving on asyncio's event loop")
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def serve(settings: Settings) -> int:
     configure_logging(settings)
     load_keypair(settings.data_dir)  # creates the key pair on first start
@@ -25,8 +43,10 @@ def serve(settings: Settings) -> int:
     serving.log.info(
         "connections: at most %d, %d from one address", guards.max_connections, guards.per_client
     )
+    loop = event_loop(settings)
+    log.info("event loop: %s", type(loop).__module__.split(".")[0])
     try:
-        serving.run(create_app(settings), settings, guards)
+        serving.run(create_app(settings), settings, guards, loop)
     except SchemaBehind as exc:
         print(f"herder: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """The ledger: grants, charges, revocations, balances and the workload registry.
 
 Every database access of the herder goes through `Ledger`. A subject's
-balance is `accounts.granted - accounts.charged`; both columns move in the
-same transaction as the grant or charge rows they sum, so the balance always
-equals grants minus charges.
+balance is `accounts.granted - accounts.charged` minus what its running runs
+have accrued since their charge rows were written (see `registry`); both
+columns move in the same transaction as the grant or charge rows they sum,
+so the balance always equals grants minus charges.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from alembic.util import CommandError
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import migrate
 from .engine import make_engines
 from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
-from .registry import TickResult, WorkloadRegistry
+from .registry import TickResult, WorkloadRegistry, accrual
 
 __all__ = [
     "Ledger",
@@ -177,13 +178,21 @@ class Ledger(WorkloadRegistry):
                 )
             )
             await self._move_account(conn, subject, charged=credits)
+            # Less left than its `check_at` assumed: the next tick looks at it.
+            await conn.execute(
+                update(Account)
+                .where(Account.subject == subject, Account.check_at > 0)
+                .values(check_at=0)
+            )
             return await self._remaining(conn, subject)
 
     @staticmethod
     async def _remaining(conn: AsyncConnection, subject: str) -> int:
         row = (
             await conn.execute(
-                select(Account.granted - Account.charged).where(Account.subject == subject)
+                select(Account.granted - Account.charged - accrual(Account.subject)).where(
+                    Account.subject == subject
+                )
             )
         ).scalar_one_or_none()
         return int(row or 0)
@@ -192,7 +201,10 @@ class Ledger(WorkloadRegistry):
         async with self.read() as conn:
             row = (
                 await conn.execute(
-                    select(Account.granted, Account.charged).where(Account.subject == subject)
+                    select(
+                        Account.granted,
+                        (Account.charged + accrual(Account.subject)).label("charged"),
+                    ).where(Account.subject == subject)
                 )
             ).one_or_none()
         if row is None:
@@ -216,13 +228,14 @@ class Ledger(WorkloadRegistry):
                     )
                 )
             ).scalar_one()
+            charged += (await conn.execute(select(accrual(subject)))).scalar_one()
         return Balance(subject, int(granted), int(charged))
 
     async def total_charged(self) -> int:
         """Credits charged to all subjects so far (for /metrics)."""
         async with self.read() as conn:
             total = (
-                await conn.execute(select(func.coalesce(func.sum(Account.charged), 0)))
+                await conn.execute(select(func.coalesce(func.sum(Account.charged), 0) + accrual()))
             ).scalar_one()
         return int(total)
 
@@ -236,11 +249,14 @@ class Ledger(WorkloadRegistry):
     async def usage(self, subject: str, limit: int) -> Usage:
         """The subject's balance, open metered runs (on every instance sharing
         this ledger) and last `limit` charge rows, newest first (a running
-        workload's row grows with every metering tick)."""
+        workload's row grows with every metering tick: its accrual is added)."""
         async with self.read() as conn:
             account = (
                 await conn.execute(
-                    select(Account.granted, Account.charged).where(Account.subject == subject)
+                    select(
+                        Account.granted,
+                        (Account.charged + accrual(Account.subject)).label("charged"),
+                    ).where(Account.subject == subject)
                 )
             ).one_or_none()
             running = (
@@ -262,13 +278,14 @@ class Ledger(WorkloadRegistry):
                     .limit(limit)
                 )
             ).all()
+            accrued = await self._accrued_charges(conn, [row.id for row in charges])
         balance = Balance(subject, 0, 0)
         if account is not None:
             balance = Balance(subject, int(account.granted), int(account.charged))
         return Usage(
             balance,
             [Workload(**row._mapping) for row in running],
-            [Charge(**row._mapping) for row in charges],
+            [_with_accrual(Charge(**row._mapping), accrued) for row in charges],
         )
 
     # -- revocations ---------------------------------------------------------
@@ -292,6 +309,13 @@ class Ledger(WorkloadRegistry):
                 await conn.execute(select(Revocation.jti).where(Revocation.jti == jti))
             ).scalar_one_or_none()
         return found is not None
+
+
+def _with_accrual(charge: Charge, accrued: dict[int, tuple[int, int]]) -> Charge:
+    seconds, credits = accrued.get(charge.id, (0, 0))
+    charge.seconds += seconds
+    charge.credits += credits
+    return charge
 
 
 def _probe_sqlite_file(path: str | None) -> None:

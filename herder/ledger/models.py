@@ -55,12 +55,18 @@ class Charge(Base):
 
 class Account(Base):
     """Running totals per subject, updated in the same transaction as every
-    grant and charge, so balance = granted - charged = sum(grants) - sum(charges)."""
+    grant and charge, so balance = granted - charged = sum(grants) - sum(charges)
+    (both leaving out what running runs accrued since; see `Workload`).
+
+    `check_at` (wall-clock second) is no later than the earliest time the
+    subject's balance could reach zero, so a metering tick looks only at
+    subjects whose `check_at` has come; NULL while none of its runs accrues."""
 
     __tablename__ = "accounts"
     subject: Mapped[str] = mapped_column(String(320), primary_key=True)
     granted: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     charged: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    check_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
 
 
 class Revocation(Base):
@@ -75,10 +81,14 @@ class Workload(Base):
     """The registry of workloads the herder started (desired state).
 
     A row is written as soon as the container exists and closed (`state`
-    'stopped', `stopped_at`) when it is gone. A running row has been charged
-    up to the later of `metered_until` (its start, or a clock-step shift) and
-    its instance's `meter_positions.metered_until`; a closed row up to
-    `metered_until`. `charge_id` is the run's charge row.
+    'stopped', `stopped_at`) when it is gone; `charge_id` is the run's charge
+    row. Until its first tick a running run is unsettled (`base_seconds`
+    NULL) and has been charged nothing since `metered_until` (its start, or a
+    clock-step shift). From its first tick on it accrues with its instance's
+    meter clock: its charge is its charge row plus `meter_positions.seconds -
+    base_seconds` seconds (`credits - base_credits` credits), which closing
+    the run writes into the charge row and its account. A closed row has been
+    charged up to `metered_until`.
     """
 
     __tablename__ = "workloads"
@@ -102,9 +112,15 @@ class Workload(Base):
     charge_id: Mapped[int | None] = mapped_column(
         Integer, ForeignKey("charges.id", ondelete="SET NULL"), nullable=True
     )
+    base_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    base_credits: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (
-        Index("ix_workloads_running", "instance", "state"),
+        # The tick settles a run's first charge: running runs of one instance, unsettled.
+        Index("ix_workloads_unsettled", "instance", "state", "base_seconds"),
+        # Balances and the tick's exhaustion check sum the accrual of running runs
+        # per subject (covering, so PostgreSQL reads the index only).
+        Index("ix_workloads_accruing", "state", "subject", "instance", "base_credits"),
         Index("ix_workloads_subject", "subject", "kind", "state"),
         Index("ix_workloads_container", "instance", "container_name"),
         Index("ix_workloads_container_id", "instance", "container_id"),
@@ -121,10 +137,16 @@ class Workload(Base):
 
 
 class MeterPosition(Base):
-    """Up to when the metering loop of one herder instance has charged its
-    running workloads (a run is charged up to the later of this and its own
-    `workloads.metered_until`)."""
+    """The meter of one herder instance: up to when (wall-clock seconds) its
+    loop has charged its running workloads, and its clock: the seconds and
+    credits every run settled since the first tick has accrued (a tick adds
+    the seconds it charges to each run, so it writes this one row however
+    many runs there are); the rate of its last tick and how many runs accrue."""
 
     __tablename__ = "meter_positions"
     instance: Mapped[str] = mapped_column(String(64), primary_key=True)
     metered_until: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    seconds: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    credits: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    rate: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    runs: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")

@@ -1,24 +1,26 @@
 """The workload registry and metering: the SQL behind daemons (and golems).
 
 A running workload is one `workloads` row (state 'running') plus one open
-`charges` row (`workloads.charge_id`) that accumulates the seconds and
-credits of that run. Each metering tick moves, in one transaction and with a
-fixed number of set-based statements whatever the number of workloads:
+`charges` row (`workloads.charge_id`) that holds the seconds and credits of
+that run. Each instance has a meter (`meter_positions`): up to when its loop
+has charged (`metered_until`, wall-clock seconds) and a clock (`seconds`,
+`credits`) that every tick advances by the seconds it charges each run.
 
-- every open charge row by the seconds since its run was last metered,
-- every subject's `accounts.charged` by the sum of its runs' seconds,
-- the instance's meter position (`meter_positions.metered_until`) to the tick's time.
+A run is unsettled until its first tick, which charges it from its own
+`metered_until` (its start) and settles it: `base_seconds`/`base_credits`
+record the clock minus that first charge. From then on the run's charge is
+its charge row plus `clock - base`, so a tick, whatever the number of runs,
+writes one meter row and settles only the runs it charges for the first
+time; closing a run writes its accrual (and the seconds since the last
+tick) into its charge row and its subject's account. Balances, audits and
+totals add the accrual of the running runs, so a subject's balance always
+equals its grants minus its charges, and in the tables themselves
+`accounts.charged` equals the sum of the charge rows (both leave out the
+same accruals).
 
-A running run has been charged up to `max(workloads.metered_until,
-meter_positions.metered_until)`: its own start until the first tick, the
-instance's position after that (ticks do not rewrite every workload row,
-which at 10,000 workloads would be most of a tick's cost); closing a run
-writes its final position into `workloads.metered_until`.
-
-So a subject's balance (`granted - charged`) always equals its grants minus
-its charges, a tick that comes late charges the seconds it missed, and a
-tick that is repeated charges nothing (the seconds are already behind
-`metered_until`). A run that ends is charged up to its end and closed.
+A tick that comes late charges the seconds it missed, a tick that is
+repeated charges nothing (the position does not move), and a run that ends
+is charged up to its end and closed.
 
 On PostgreSQL, writers of the registry serialise on a table lock (plain
 reads are not blocked); on SQLite `BEGIN IMMEDIATE` already does that.
@@ -33,13 +35,30 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, case, func, insert, literal, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    ScalarSelect,
+    and_,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import InstrumentedAttribute
 
 from .models import Account, Charge, MeterPosition, Workload
 
 RUNNING = "running"
 STOPPED = "stopped"
+# Seconds a `check_at` comes early: the wall clocks of herders sharing one
+# database may disagree a little.
+CHECK_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -50,12 +69,37 @@ class TickResult:
     exhausted: list[Workload]  # running metered workloads whose subject is at or below zero
 
 
-def _metered_until(position: int) -> ColumnElement[int]:
-    """A running run is charged up to the later of its own `metered_until`
-    and its instance's meter position."""
-    return case(
-        (Workload.metered_until > position, Workload.metered_until), else_=literal(position)
+@dataclass(frozen=True)
+class Meter:
+    """One instance's meter: its position and its clock."""
+
+    position: int  # wall-clock second up to which its loop has charged
+    seconds: int  # seconds every run settled since the first tick has accrued
+    credits: int  # credits likewise
+    rate: int  # credits per second at its last tick
+    runs: int  # its settled running runs (they accrue)
+    next_check: int | None = None  # the earliest `check_at` of all subjects, when read
+
+
+def accrual(
+    subject: ColumnElement[str] | InstrumentedAttribute[str] | str | None = None,
+) -> ScalarSelect[int]:
+    """Credits the running runs (of one subject) have accrued but not yet
+    written into their charge rows: the sum of `clock - base`."""
+    query = (
+        select(func.coalesce(func.sum(MeterPosition.credits - Workload.base_credits), 0))
+        .select_from(Workload)
+        .join(MeterPosition, MeterPosition.instance == Workload.instance)
+        .where(Workload.state == RUNNING, Workload.base_credits.is_not(None))
     )
+    if subject is not None:
+        query = query.where(Workload.subject == subject)
+    return query.scalar_subquery()
+
+
+def _bigint(value: ColumnElement[Any]) -> ColumnElement[int]:
+    """PostgreSQL sums BIGINTs to NUMERIC; keep integer arithmetic."""
+    return cast(value, BigInteger)
 
 
 def _workload(row: Any) -> Workload:
@@ -86,19 +130,50 @@ class WorkloadRegistry:
         if self.dialect == "postgresql":
             await conn.execute(text("LOCK TABLE workloads IN SHARE ROW EXCLUSIVE MODE"))
 
-    async def _position(self, conn: AsyncConnection, instance: str) -> int:
-        value = (
+    async def _meter(self, conn: AsyncConnection, instance: str) -> Meter | None:
+        row = (
             await conn.execute(
-                select(MeterPosition.metered_until).where(MeterPosition.instance == instance)
+                select(
+                    MeterPosition.metered_until,
+                    MeterPosition.seconds,
+                    MeterPosition.credits,
+                    MeterPosition.rate,
+                    MeterPosition.runs,
+                    select(func.min(Account.check_at)).scalar_subquery(),
+                ).where(MeterPosition.instance == instance)
             )
-        ).scalar_one_or_none()
-        return int(value or 0)
+        ).first()
+        if row is None:
+            return None
+        position, seconds, credits, rate, runs, next_check = row
+        return Meter(
+            int(position),
+            int(seconds),
+            int(credits),
+            int(rate),
+            int(runs),
+            next_check=None if next_check is None else int(next_check),
+        )
 
-    async def _set_position(self, conn: AsyncConnection, instance: str, value: int) -> None:
-        stmt = self.insert(MeterPosition).values(instance=instance, metered_until=value)
+    async def _set_meter(self, conn: AsyncConnection, instance: str, meter: Meter) -> None:
+        stmt = self.insert(MeterPosition).values(
+            instance=instance,
+            metered_until=meter.position,
+            seconds=meter.seconds,
+            credits=meter.credits,
+            rate=meter.rate,
+            runs=meter.runs,
+        )
         await conn.execute(
             stmt.on_conflict_do_update(
-                index_elements=["instance"], set_={"metered_until": stmt.excluded.metered_until}
+                index_elements=["instance"],
+                set_={
+                    "metered_until": stmt.excluded.metered_until,
+                    "seconds": stmt.excluded.seconds,
+                    "credits": stmt.excluded.credits,
+                    "rate": stmt.excluded.rate,
+                    "runs": stmt.excluded.runs,
+                },
             )
         )
 
@@ -259,24 +334,42 @@ class WorkloadRegistry:
             if row is None:
                 return None
             workload = _workload(row)
-            since = max(workload.metered_until, await self._position(conn, instance))
+            meter = await self._meter(conn, instance)
+            position = 0 if meter is None else meter.position
+            seconds = credits = 0
+            if meter is not None and workload.base_seconds is not None:
+                since = position  # settled: charged up to the position, plus the accrual
+                seconds = meter.seconds - workload.base_seconds
+                credits = meter.credits - (workload.base_credits or 0)
+                await conn.execute(
+                    update(MeterPosition)
+                    .where(MeterPosition.instance == instance)
+                    .values(runs=MeterPosition.runs - 1)
+                )
+            else:
+                since = max(workload.metered_until, position)
             end = max(since, end_wanted)
-            seconds = end - since
+            seconds += end - since
+            credits += (end - since) * rate
             if seconds > 0 and workload.metered and workload.charge_id is not None:
                 await conn.execute(
                     update(Charge)
                     .where(Charge.id == workload.charge_id)
-                    .values(
-                        seconds=Charge.seconds + seconds,
-                        credits=Charge.credits + seconds * rate,
-                    )
+                    .values(seconds=Charge.seconds + seconds, credits=Charge.credits + credits)
                 )
-                await self._move_account(conn, workload.subject, charged=seconds * rate)
+                await self._move_account(conn, workload.subject, charged=credits)
             await conn.execute(
                 update(Workload)
                 .where(Workload.id == workload.id)
-                .values(state=STOPPED, stopped_at=end, metered_until=end)
+                .values(
+                    state=STOPPED,
+                    stopped_at=end,
+                    metered_until=end,
+                    base_seconds=None,
+                    base_credits=None,
+                )
             )
+        workload.base_seconds = workload.base_credits = None
         workload.state, workload.stopped_at, workload.metered_until = STOPPED, end, end
         return workload
 
@@ -296,74 +389,170 @@ class WorkloadRegistry:
     ) -> TickResult:
         """Charge every running metered workload of `instance` up to `now`.
 
-        One transaction, a constant number of statements. `step` (seconds)
-        shifts every running workload's `metered_until` first, when the wall
-        clock jumped: a jump neither charges nor forgives the seconds it
-        skips. `cap` bounds the seconds charged per workload (the time that
-        really passed since the previous tick); None on the first tick after
-        a start, so the time the herder was down is charged, once.
+        One transaction and a constant number of statements, which write the
+        meter, settle the runs charged for the first time, and look at the
+        subjects whose `check_at` has come: the work does not grow with the
+        number of runs that simply go on running. `step` (seconds) shifts
+        the position and every unsettled run's `metered_until` first, when
+        the wall clock jumped: a jump neither charges nor forgives the
+        seconds it skips. `cap` bounds the seconds charged per workload (the
+        time that really passed since the previous tick); None on the first
+        tick after a start, so the time the herder was down is charged, once.
         """
-        running = and_(
+        unsettled = and_(
             Workload.instance == instance,
             Workload.state == RUNNING,
+            Workload.base_seconds.is_(None),
             Workload.metered.is_(True),
             Workload.charge_id.is_not(None),
         )
         async with self.write() as conn:
             await self._lock_registry(conn)
-            position = await self._position(conn, instance)
+            meter = await self._meter(conn, instance) or Meter(0, 0, 0, rate, 0, next_check=now)
+            check = meter.next_check is not None and meter.next_check <= now
+            position = meter.position
             if step:
-                # A rare event: every run's own position moves with the clock.
+                # A rare event: the unsettled runs' own positions move with the
+                # clock, and every `check_at` (wall-clock seconds) is looked at again.
                 shifted = Workload.metered_until + step
                 await conn.execute(
                     update(Workload)
-                    .where(running)
+                    .where(unsettled)
                     .values(metered_until=case((shifted > now, literal(now)), else_=shifted))
                 )
                 position = min(position + step, now)
-            since = _metered_until(position)
-            seconds: ColumnElement[int] = literal(now) - since
-            if cap is not None:
-                seconds = case((seconds > cap, literal(cap)), else_=seconds)
-            due = and_(running, since < now)
-            per_run = select(Workload.charge_id, seconds.label("seconds")).where(due).subquery()
-            charged = (
                 await conn.execute(
-                    update(Charge)
-                    .where(Charge.id == per_run.c.charge_id)
-                    .values(
-                        seconds=Charge.seconds + per_run.c.seconds,
-                        credits=Charge.credits + per_run.c.seconds * rate,
-                    )
+                    update(Account).where(Account.check_at > now).values(check_at=now)
                 )
-            ).rowcount
-            per_subject = (
-                select(Workload.subject, func.sum(seconds).label("seconds"))
-                .where(due)
-                .group_by(Workload.subject)
-                .subquery()
+                check = True
+            if rate != meter.rate:  # the bounds of this instance's subjects assumed the old rate
+                accruing_here = select(Workload.subject).where(
+                    Workload.instance == instance,
+                    Workload.state == RUNNING,
+                    Workload.base_seconds.is_not(None),
+                )
+                await conn.execute(
+                    update(Account).where(Account.subject.in_(accruing_here)).values(check_at=now)
+                )
+                check = True
+            # Every settled run is charged the same: the seconds since the position.
+            elapsed = max(0, now - position) if meter.position else 0
+            if cap is not None:
+                elapsed = min(elapsed, cap)
+            seconds, credits = meter.seconds + elapsed, meter.credits + elapsed * rate
+            # A run charged for the first time: from its own start, or the position.
+            since = case(
+                (Workload.metered_until > position, Workload.metered_until),
+                else_=literal(position),
             )
-            balances = await conn.execute(
-                update(Account)
-                .where(Account.subject == per_subject.c.subject)
-                .values(charged=Account.charged + per_subject.c.seconds * rate)
-                .returning(Account.subject, Account.granted - Account.charged)
-            )
-            broke = [subject for subject, left in balances if left <= 0]
-            await self._set_position(conn, instance, max(position, now))
-            exhausted: list[Any] = []
-            for start in range(0, len(broke), 500):
-                exhausted += (
-                    await conn.execute(
-                        select(Workload.__table__).where(
-                            Workload.instance == instance,
-                            Workload.state == RUNNING,
-                            Workload.metered.is_(True),
-                            Workload.subject.in_(broke[start : start + 500]),
-                        )
+            first: ColumnElement[int] = literal(now) - since
+            if cap is not None:
+                first = case((first > cap, literal(cap)), else_=first)
+            starting = (
+                await conn.execute(
+                    update(Workload)
+                    .where(unsettled, since < now)
+                    .values(
+                        base_seconds=literal(seconds) - first,
+                        base_credits=literal(credits) - first * rate,
                     )
-                ).all()
-        return TickResult(workloads=int(charged or 0), exhausted=[_workload(r) for r in exhausted])
+                    .returning(Workload.subject)
+                )
+            ).all()
+            if starting:  # their subjects' bounds did not count these runs
+                subjects = sorted({row[0] for row in starting})
+                for start in range(0, len(subjects), 500):
+                    await conn.execute(
+                        update(Account)
+                        .where(Account.subject.in_(subjects[start : start + 500]))
+                        .values(check_at=now)
+                    )
+                check = True
+            runs = meter.runs + len(starting)
+            await self._set_meter(
+                conn, instance, Meter(max(position, now), seconds, credits, rate, runs)
+            )
+            exhausted = await self._check_subjects(conn, instance, now) if check else []
+        return TickResult(
+            workloads=(meter.runs if elapsed else 0) + len(starting),
+            exhausted=[_workload(r) for r in exhausted],
+        )
+
+    async def _check_subjects(self, conn: AsyncConnection, instance: str, now: int) -> list[Any]:
+        """The running metered runs of `instance` whose subjects are at or below
+        zero, among the subjects whose `check_at` has come; those get a new
+        `check_at`.
+
+        Between now and a later time t, a run accrues at most `rate * (t -
+        position)` of its instance (a late or restarted meter charges the
+        seconds it missed, never more), so a subject with `slack` = balance
+        minus what its meters are behind, and `burn` = the sum of its runs'
+        rates, cannot reach zero before `now + slack // burn`.
+        """
+        await conn.execute(
+            update(Account)
+            .where(
+                Account.check_at <= now,
+                ~select(Workload.id)
+                .where(
+                    Workload.subject == Account.subject,
+                    Workload.state == RUNNING,
+                    Workload.base_credits.is_not(None),
+                )
+                .exists(),
+            )
+            .values(check_at=None)
+        )
+        behind = case(
+            (MeterPosition.metered_until < now, literal(now) - MeterPosition.metered_until),
+            else_=literal(0),
+        )
+        per_subject = (
+            select(
+                Workload.subject,
+                _bigint(func.sum(MeterPosition.credits - Workload.base_credits)).label("accrued"),
+                _bigint(func.sum(behind * MeterPosition.rate)).label("behind"),
+                _bigint(func.sum(MeterPosition.rate)).label("burn"),
+            )
+            .select_from(Workload)
+            .join(MeterPosition, MeterPosition.instance == Workload.instance)
+            .where(
+                Workload.state == RUNNING,
+                Workload.base_credits.is_not(None),
+                Workload.subject.in_(select(Account.subject).where(Account.check_at <= now)),
+            )
+            .group_by(Workload.subject)
+            .subquery()
+        )
+        balance = Account.granted - Account.charged - per_subject.c.accrued
+        broke = (
+            select(Account.subject)
+            .join(per_subject, per_subject.c.subject == Account.subject)
+            .where(balance <= 0)
+        )
+        exhausted = (
+            await conn.execute(
+                select(Workload.__table__).where(
+                    Workload.instance == instance,
+                    Workload.state == RUNNING,
+                    Workload.metered.is_(True),
+                    Workload.subject.in_(broke),
+                )
+            )
+        ).all()
+        slack = balance - per_subject.c.behind
+        await conn.execute(
+            update(Account)
+            .where(Account.subject == per_subject.c.subject)
+            .values(
+                check_at=case(
+                    (slack <= 0, literal(now)),
+                    (per_subject.c.burn <= 0, None),
+                    else_=literal(now - CHECK_MARGIN) + slack // per_subject.c.burn,
+                )
+            )
+        )
+        return list(exhausted)
 
     # -- reads ----------------------------------------------------------------
 
@@ -425,3 +614,43 @@ class WorkloadRegistry:
                 )
                 known.update(str(r[0]) for r in rows)
         return known
+
+    async def charge_of(self, charge_id: int) -> tuple[int, int]:
+        """(seconds, credits) of one charge row, with its run's accrual while it runs."""
+        async with self.read() as conn:
+            row = (
+                await conn.execute(
+                    select(Charge.seconds, Charge.credits).where(Charge.id == charge_id)
+                )
+            ).one()
+            accrued = await self._accrued_charges(conn, [charge_id])
+        seconds, credits = accrued.get(charge_id, (0, 0))
+        return int(row.seconds) + seconds, int(row.credits) + credits
+
+    @staticmethod
+    async def _accrued_charges(
+        conn: AsyncConnection, charge_ids: Sequence[int]
+    ) -> dict[int, tuple[int, int]]:
+        """(seconds, credits) the running runs of these charge rows have accrued
+        since the rows were written (rows of closed runs are complete)."""
+        accrued: dict[int, tuple[int, int]] = {}
+        ids = list(charge_ids)
+        for start in range(0, len(ids), 500):
+            rows = await conn.execute(
+                select(
+                    Workload.charge_id,
+                    MeterPosition.seconds - Workload.base_seconds,
+                    MeterPosition.credits - Workload.base_credits,
+                )
+                .select_from(Workload)
+                .join(MeterPosition, MeterPosition.instance == Workload.instance)
+                .where(
+                    Workload.charge_id.in_(ids[start : start + 500]),
+                    Workload.state == RUNNING,
+                    Workload.base_seconds.is_not(None),
+                )
+            )
+            for charge_id, seconds, credits in rows:
+                if charge_id is not None:
+                    accrued[charge_id] = (int(seconds), int(credits))
+        return accrued

@@ -327,9 +327,13 @@ class _Body:
         """The whole body of known length (the caller checked it is small)."""
         if self.done:
             return b""
+        reader = self.conn.reader
         try:
-            async with asyncio.timeout(self.read_timeout):
-                data = await self.conn.reader.readexactly(self.remaining)
+            if len(getattr(reader, "_buffer", b"")) >= self.remaining:
+                data = await reader.readexactly(self.remaining)  # here already: no timer
+            else:
+                async with asyncio.timeout(self.read_timeout):
+                    data = await reader.readexactly(self.remaining)
         except (asyncio.IncompleteReadError, OSError) as exc:
             self.close()
             raise UpstreamBroken(f"the daemon broke off the body: {exc!r}") from None
