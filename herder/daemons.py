@@ -56,7 +56,13 @@ RESERVED_NAMES = frozenset(
 EXEC_OUTPUT_LIMIT = 64 << 10
 FILE_COMPONENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_IMAGE_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)"
+# The first part is a registry only with a '.' or a port, or as `localhost`
+# (as the engine reads it): `UPPER/case` is an upper-case repository, refused.
+_IMAGE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_IMAGE_DOMAIN = (
+    rf"(?:(?:localhost|{_IMAGE_LABEL}(?:\.{_IMAGE_LABEL})+)(?::[0-9]{{1,5}})?"
+    rf"|{_IMAGE_LABEL}:[0-9]{{1,5}})/"
+)
 IMAGE_PATTERN = re.compile(
     rf"(?:{_IMAGE_DOMAIN})?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
@@ -286,6 +292,9 @@ class DaemonService:
                 network=settings.network,  # no traffic to other daemons or golems
                 node=node.id if node is not None else None,
                 gpus=request.gpus,
+                # No NET_RAW: no layer-2 tricks (ARP scans, spoofing) on the bridge.
+                cap_drop_all=True,
+                cap_add=settings.daemon_capabilities,
             )
             info = await self.runtime.run_service(spec)
             ports = {str(p): info.ports.get(str(p), 0) for p in request.ports}

@@ -105,6 +105,7 @@ class ServiceSpec:
     open_stdin: bool = True
     user: str | None = None
     cap_drop_all: bool = False
+    cap_add: tuple[str, ...] = ()
     extra_hosts: tuple[str, ...] = ()
     shm_bytes: int | None = None
     network: str | None = None

@@ -163,7 +163,7 @@ class DockerRuntime:
         try:
             await self.docker.images.inspect(image)
         except aiodocker.DockerError as exc:
-            if exc.status == 404:
+            if exc.status in (400, 404):  # 400: a reference the engine cannot parse
                 return False
             raise RuntimeUnavailable("Docker Engine error") from exc
         return True
@@ -555,6 +555,7 @@ def _service_config(spec: ServiceSpec) -> dict[str, Any]:
         host_config["NetworkMode"] = spec.network
     if spec.cap_drop_all:
         host_config["CapDrop"] = ["ALL"]
+        host_config["CapAdd"] = list(spec.cap_add)
     if spec.shm_bytes:
         host_config["ShmSize"] = spec.shm_bytes
     config: dict[str, Any] = {

@@ -725,6 +725,8 @@ def _task_template(spec: ServiceSpec, configs: _Configs) -> dict[str, Any]:
         container["User"] = spec.user
     if spec.cap_drop_all:
         container["CapabilityDrop"] = ["ALL"]
+    if spec.cap_add:
+        container["CapabilityAdd"] = list(spec.cap_add)
     resources: dict[str, Any] = {
         "Limits": {
             "NanoCPUs": spec.nano_cpus,
