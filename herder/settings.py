@@ -177,6 +177,9 @@ class Settings:
     docker_url: str = _setting(
         "", _parse_str, "Docker Engine URL; default DOCKER_HOST, else the local socket"
     )
+    runtime: str = _setting(
+        "docker", _parse_str, "docker (one engine) or swarm (services on a Docker Swarm)"
+    )
     host: str = _setting("0.0.0.0", _parse_str, "address `serve` listens on")
     port: int = _setting(8080, _parse_int, "port `serve` listens on", minimum=0, maximum=65535)
     public_url: str = _setting(
@@ -430,6 +433,10 @@ class Settings:
             raise SettingsError(
                 f"HERDER_NETWORK: bad value {self.network!r}: expected a network name of "
                 "letters, digits, '_', '.', '-' other than bridge, host, none, default"
+            )
+        if self.runtime not in ("docker", "swarm"):
+            raise SettingsError(
+                f"HERDER_RUNTIME: bad value {self.runtime!r}: expected docker or swarm"
             )
         domain = self.proxy_domain.strip().lower().strip(".")
         if domain and not re.fullmatch(

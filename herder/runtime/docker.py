@@ -23,6 +23,7 @@ from .base import (
     Attachment,
     ContainerInfo,
     ExecResult,
+    NodeInfo,
     OutputChunk,
     RunResult,
     RunSpec,
@@ -100,6 +101,23 @@ class DockerRuntime:
             return result
         except (aiodocker.DockerError, OSError) as exc:
             raise RuntimeUnavailable(f"Docker Engine not answering at {self.url}") from exc
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The engine's host as the one node."""
+        try:
+            info = await self.docker.system.info()
+        except (aiodocker.DockerError, OSError) as exc:
+            raise RuntimeUnavailable(f"Docker Engine not answering at {self.url}") from exc
+        return [
+            NodeInfo(
+                id=str(info.get("ID", "")),
+                hostname=str(info.get("Name", "")),
+                address="",
+                cpus=float(info.get("NCPU") or 0),
+                memory_bytes=int(info.get("MemTotal") or 0),
+                leader=True,
+            )
+        ]
 
     async def list(self, labels: dict[str, str], *, all: bool = True) -> list[ContainerInfo]:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
