@@ -12,7 +12,10 @@ container event log. Only this module and `herder.api` touch the app keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
+import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -25,14 +28,14 @@ from .container_events import follow_events
 from .daemons import DaemonService
 from .golems import GolemService, render_emet
 from .ledger import Ledger
-from .metering import Meter
+from .metering import Meter, MeterLease
 from .metrics import Metrics
 from .minions import MinionService
 from .node import running_counts
 from .proxy.upstreams import Upstreams
 from .reconcile import Reconciler
 from .relay import Relay
-from .runtime import DockerRuntime
+from .runtime import make_runtime
 from .settings import Settings
 from .signing import instance_id, load_keypair
 from .stream_limits import StreamLimits
@@ -103,7 +106,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
-    runtime = DockerRuntime(app[keys.SETTINGS].docker_url)
+    settings = app[keys.SETTINGS]
+    runtime = make_runtime(settings.runtime, settings.docker_url)
     app[keys.RUNTIME] = runtime
     yield
     await runtime.close()
@@ -180,17 +184,27 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
 
 async def _metering(app: web.Application) -> AsyncIterator[None]:
     reconciler = app[keys.RECONCILER]
+    settings = app[keys.SETTINGS]
+    # On a Swarm the replicas share the instance: one of them meters at a time.
+    lease = (
+        MeterLease(f"meter:{app[keys.INSTANCE]}", f"{socket.gethostname()}-{secrets.token_hex(4)}")
+        if settings.runtime == "swarm"
+        else None
+    )
     meter = Meter(
-        app[keys.SETTINGS],
+        settings,
         app[keys.LEDGER],
         app[keys.RUNTIME],
         app[keys.INSTANCE],
         recover=reconciler.reconcile,
         ready=reconciler.reconciled,
+        lease=lease,
     )
     app[keys.METER] = meter
     async with owned_task(meter.run(), "metering"):
         yield
+    with contextlib.suppress(Exception):
+        await meter.release()
 
 
 async def _golems(app: web.Application) -> AsyncIterator[None]:

@@ -24,7 +24,7 @@ from .keyedlocks import KeyedLocks
 from .ledger import Ledger
 from .ledger.lookup import RunningDaemon, find_running_daemon, find_running_daemons_named
 from .metrics import Metrics
-from .runtime import ContainerInfo, Runtime
+from .runtime import ContainerInfo, NodeInfo, Runtime
 from .runtime.base import (
     LABEL_GROUP,
     LABEL_INSTANCE,
@@ -33,6 +33,7 @@ from .runtime.base import (
     LABEL_MANAGED,
     LABEL_NAME,
     LABEL_SUBJECT,
+    OnAnotherNode,
     OutputChunk,
     ServiceSpec,
 )
@@ -57,11 +58,19 @@ RESERVED_NAMES = frozenset(
 EXEC_OUTPUT_LIMIT = 64 << 10
 FILE_COMPONENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_IMAGE_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)"
+# The first part is a registry only with a '.' or a port, or as `localhost`
+# (as the engine reads it): `UPPER/case` is an upper-case repository, refused.
+_IMAGE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_IMAGE_DOMAIN = (
+    rf"(?:(?:localhost|{_IMAGE_LABEL}(?:\.{_IMAGE_LABEL})+)(?::[0-9]{{1,5}})?"
+    rf"|{_IMAGE_LABEL}:[0-9]{{1,5}})/"
+)
 IMAGE_PATTERN = re.compile(
     rf"(?:{_IMAGE_DOMAIN})?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
 )
+# GPUs one daemon may reserve.
+MAX_GPUS = 64
 
 
 # -- validation (pure) --------------------------------------------------------
@@ -135,6 +144,26 @@ class SpawnRequest:
     ports: tuple[int, ...] = ()
     files: dict[str, bytes] = field(default_factory=dict)
     group: str | None = None
+    node: str | None = None  # a node's hostname or id (placement)
+    gpus: int = 0
+
+
+def parse_gpus(raw: str | None) -> int:
+    if raw is None or not raw.strip():
+        return 0
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_GPUS:
+        raise BadRequest(f"gpus must be a whole number from 0 to {MAX_GPUS}")
+    return int(text)
+
+
+def check_node(raw: str | None) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    text = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", text):
+        raise BadRequest(f"unknown node {text[:100]!r}")
+    return text
 
 
 # -- the service --------------------------------------------------------------
@@ -151,9 +180,13 @@ class Spawned:
     name: str
     address: str
     ports: dict[str, int]
+    node: NodeInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"Name": self.name, "Address": self.address, "Ports": self.ports}
+        reply: dict[str, Any] = {"Name": self.name, "Address": self.address, "Ports": self.ports}
+        if self.node is not None:
+            reply["Node"] = self.node.reference()
+        return reply
 
 
 class DaemonService:
@@ -245,8 +278,20 @@ class DaemonService:
     async def _spawn(self, claims: Claims, request: SpawnRequest) -> Spawned:
         if not await self.runtime.image_exists(request.image):
             raise ImageNotFound(f"image {request.image!r} is not available on this herder")
+        node = await self._node(request.node) if request.node else None
+        if request.gpus:
+            offered = max((n.gpus for n in await self.runtime.nodes()), default=0)
+            if offered < request.gpus:
+                raise BadRequest(
+                    "no node of this herder offers GPUs"
+                    if offered == 0
+                    else f"no node offers {request.gpus} GPUs (at most {offered})"
+                )
         async with self._locks.hold((claims.sub, request.name)):
             for old in await self._named(claims.sub, request.name):
+                # The data volume is on the old one's node: a respawn stays there.
+                if node is None and old.node is not None:
+                    node = old.node
                 await self._remove(old)
             labels = self._labels(claims.sub) | {LABEL_JTI: claims.jti, LABEL_NAME: request.name}
             if request.group:
@@ -268,6 +313,11 @@ class DaemonService:
                 restart="unless-stopped",
                 open_stdin=True,
                 network=settings.network,  # no traffic to other daemons or golems
+                node=node.id if node is not None else None,
+                gpus=request.gpus,
+                # No NET_RAW: no layer-2 tricks (ARP scans, spoofing) on the bridge.
+                cap_drop_all=True,
+                cap_add=settings.daemon_capabilities,
             )
             info = await self.runtime.run_service(spec)
             ports = {str(p): info.ports.get(str(p), 0) for p in request.ports}
@@ -291,7 +341,14 @@ class DaemonService:
                 await asyncio.shield(self.runtime.remove(info.id))
                 raise
         log.info("daemon %s spawned for %s", info.name, claims.sub)
-        return Spawned(name=info.name, address=info.address, ports=ports)
+        return Spawned(name=info.name, address=info.address, ports=ports, node=info.node)
+
+    async def _node(self, ref: str) -> NodeInfo:
+        """The node a spawn names, by id or hostname; 400 naming it when unknown."""
+        for candidate in await self.runtime.nodes():
+            if ref in (candidate.id, candidate.hostname):
+                return candidate
+        raise BadRequest(f"unknown node {ref!r}")
 
     # -- commands and output -----------------------------------------------------
 
@@ -321,8 +378,10 @@ class DaemonService:
             result = await self.runtime.exec(
                 daemon.id, cmd, timeout=timeout, limit=EXEC_OUTPUT_LIMIT
             )
-        except (NotFound, Conflict):
-            return {**entry, "ExitCode": None, "StdOut": "", "StdErr": "", "Error": "not running"}
+        except (NotFound, Conflict) as exc:
+            # A daemon on another node of a Swarm: the message names the node.
+            error = exc.message if isinstance(exc, OnAnotherNode) else "not running"
+            return {**entry, "ExitCode": None, "StdOut": "", "StdErr": "", "Error": error}
         return {
             **entry,
             "ExitCode": result.exit_code,
@@ -411,13 +470,17 @@ class DaemonService:
 
 def _listed(c: ContainerInfo) -> dict[str, Any]:
     raw = c.raw
-    return {
+    listed = {
         "Id": c.id,
         "Names": raw.get("Names") or [f"/{c.name}"],
         "Image": c.image,
         "State": c.state,
         "Status": c.status,
-        "Ports": raw.get("Ports") or [],
+        "Ports": raw.get("Ports")
+        or [{"PrivatePort": int(k), "PublicPort": v, "Type": "tcp"} for k, v in c.ports.items()],
         "Created": raw.get("Created", c.created),
         "Labels": c.labels,
     }
+    if c.node is not None:
+        listed["Node"] = c.node.reference()
+    return listed

@@ -64,6 +64,11 @@ class Conflict(HerderError):
     message = "conflict"
 
 
+class RequestTimeout(HerderError):
+    status = 408
+    message = "request body too slow"
+
+
 class PayloadTooLarge(HerderError):
     status = 413
     message = "request body too large"

@@ -17,7 +17,9 @@ reset or kill them. At most `golem_cap` golems run at once (then 429).
 A golem runs the image `golem_image` as uid 1000, with all capabilities
 dropped, no-new-privileges and the memory/CPU/pids limits of the
 `golem_memory_mb`, `golem_cpus` and `golem_pids` settings; it opens
-`<webstrates_url>/<webstrate>` (env `GOLEM_URL`). Its DevTools port 9222 is
+`<webstrates_url>/<webstrate>#herder-golem-key=<key>` (env `GOLEM_URL`): a
+secret of its own, kept only as a digest label, that its control socket and
+data channels present (`control_key_digest`). Its DevTools port 9222 is
 published on 127.0.0.1 only, on a host port Docker assigns (`DebugPort`),
 and the golem runs on the herder network (`network`), where no other
 container can open a connection to it.
@@ -26,7 +28,9 @@ container can open a connection to it.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -36,7 +40,7 @@ from .errors import Conflict, NoCredits, NotFound, TooManyRequests
 from .keyedlocks import KeyedLocks
 from .ledger import Ledger
 from .metrics import Metrics
-from .relay import Relay
+from .relay import Relay, key_digest
 from .runtime import ContainerInfo, Runtime
 from .runtime.base import (
     LABEL_INSTANCE,
@@ -55,6 +59,12 @@ GOLEM_USER = "1000:1000"
 ANONYMOUS = "anonymous"
 HERDER_URL_PLACEHOLDER = '"__HERDER_URL__"'
 LIVE_STATES = ("running", "created", "restarting")
+# The golem's secret: in the fragment of the page URL its Chromium opens
+# (never sent to the Webstrates server), read there by the emet script; the
+# container keeps only its digest, as a label, so a herder restarted later
+# still knows it.
+KEY_FRAGMENT = "herder-golem-key"
+LABEL_KEY_DIGEST = "herder.golem-key-sha256"
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,18 @@ class GolemService:
             raise NotFound(f"no golem for webstrate {webstrate}")
         return info
 
+    async def control_key_digest(self, webstrate: str, key: str) -> str | None:
+        """The digest of `key` when it is the secret of the webstrate's running
+        golem (what its control socket and data channels must present), else None."""
+        if not key:
+            return None
+        info = await self._find(webstrate)
+        if info is None or info.state != "running":
+            return None
+        expected = info.labels.get(LABEL_KEY_DIGEST, "")
+        digest = key_digest(key)
+        return digest if expected and hmac.compare_digest(digest, expected) else None
+
     async def _find(self, webstrate: str) -> ContainerInfo | None:
         found = await self.runtime.list(self._labels(webstrate))
         live = [c for c in found if c.state in LIVE_STATES]
@@ -199,13 +221,16 @@ class GolemService:
         labels = self._labels(webstrate)
         labels[LABEL_SUBJECT] = owner.subject
         labels[LABEL_JTI] = owner.jti
+        key = secrets.token_urlsafe(32)
+        labels[LABEL_KEY_DIGEST] = key_digest(key)
+        page = f"{self.settings.webstrates_url}/{webstrate}#{KEY_FRAGMENT}={key}"
         return ServiceSpec(
             name=f"golem-{webstrate}-{self.instance}",
             image=self.settings.golem_image,
             labels=labels,
             ports=(DEBUG_PORT,),
             bind_address="127.0.0.1",  # DevTools is full control of the browser
-            env={"GOLEM_URL": f"{self.settings.webstrates_url}/{webstrate}"},
+            env={"GOLEM_URL": page},
             memory_bytes=self.settings.golem_memory_mb << 20,
             nano_cpus=int(self.settings.golem_cpus * 1e9),
             pids=self.settings.golem_pids,

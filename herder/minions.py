@@ -16,6 +16,7 @@ import logging
 import math
 import mimetypes
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -116,6 +117,44 @@ def credits_for(seconds: float, rate: int) -> tuple[int, int]:
 def mime_type(name: str) -> str:
     guessed, _ = mimetypes.guess_type(name, strict=False)
     return guessed or "application/octet-stream"
+
+
+# Types a browser runs as a document or script: a minion's output of one of
+# these must never render in the herder's origin.
+ACTIVE_TYPES = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/javascript",
+        "application/javascript",
+        "application/x-javascript",
+        "application/ecmascript",
+        "text/ecmascript",
+        "text/xml",
+        "application/xml",
+        "text/xsl",
+        "application/xslt+xml",
+    }
+)
+OUTPUT_SANDBOX = "sandbox; default-src 'none'"
+
+
+def output_headers(name: str, content_type: str) -> dict[str, str]:
+    """Headers of an output file's response: never sniffed; an active type
+    (HTML, SVG, JS, XML) is an attachment, and sandboxed should it render."""
+    headers = {"X-Content-Type-Options": "nosniff"}
+    if content_type in ACTIVE_TYPES or content_type.endswith("+xml"):
+        base = name.rsplit("/", 1)[-1]
+        ascii_name = "".join(
+            c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in base
+        )
+        disposition = f'attachment; filename="{ascii_name}"'
+        if ascii_name != base:
+            disposition += "; filename*=UTF-8''" + urllib.parse.quote(base, safe="")
+        headers["Content-Disposition"] = disposition
+        headers["Content-Security-Policy"] = OUTPUT_SANDBOX
+    return headers
 
 
 # -- the request ----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What this host offers (P2PRC's server specs), served at `GET /node/v1/specs`.
+"""What this host, or the cluster's nodes, offer (P2PRC's server specs,
+SONM's list of miners), served at `GET /node/v1/specs` and `GET /node/v1/nodes`.
 
 CPUs, memory, the data dir's disk, GPUs (from `nvidia-smi` when present,
 else an empty list), the Docker Engine's version and the workloads of this
@@ -17,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .runtime.base import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, Runtime
+from .errors import BadRequest
+from .runtime.base import (
+    LABEL_INSTANCE,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_SUBJECT,
+    NodeInfo,
+    Runtime,
+)
 
 KINDS = ("minion", "daemon", "golem")
 NVIDIA_SMI_TIMEOUT = 5.0
@@ -162,3 +171,42 @@ async def specs(
         "Pool": pool,
         "Herder": {"Version": __version__, "Instance": instance},
     }
+
+
+def node_json(node: NodeInfo) -> dict[str, Any]:
+    return {
+        "ID": node.id,
+        "Hostname": node.hostname,
+        "Address": node.address,
+        "Role": node.role,
+        "Availability": node.availability,
+        "State": node.state,
+        "Leader": node.leader,
+        "CPUs": node.cpus,
+        "MemoryBytes": node.memory_bytes,
+        "GPUs": node.gpus,
+    }
+
+
+async def nodes(runtime: Runtime, instance: str, subject: str | None) -> list[dict[str, Any]]:
+    """Every node; with a subject, that subject's workloads on each (never another's)."""
+    listed = await runtime.nodes()
+    mine: dict[str, list[dict[str, Any]]] = {n.id: [] for n in listed}
+    if subject is not None:
+        labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: instance, LABEL_SUBJECT: subject}
+        only = listed[0].id if len(listed) == 1 else None  # one engine: all is on it
+        for c in await runtime.list(labels):
+            where = c.node.id if c.node is not None else only
+            if where in mine:
+                mine[where].append(
+                    {"Name": c.name, "Kind": c.labels.get(LABEL_KIND, ""), "State": c.state}
+                )
+    return [node_json(n) | {"Workloads": mine[n.id]} for n in listed]
+
+
+async def node_specs(runtime: Runtime, ref: str) -> dict[str, Any]:
+    """One node of the cluster by hostname or id; 400 naming it when unknown."""
+    for node in await runtime.nodes():
+        if ref in (node.id, node.hostname):
+            return node_json(node) | {"Herder": {"Version": __version__}}
+    raise BadRequest(f"unknown node {ref[:100]!r}")

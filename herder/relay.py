@@ -1,10 +1,13 @@
 """The WebSocket relay between a golem and the ad-hoc minions of its webstrate
 (the sessions and their registry; the three routes are in `herder.api.relay`).
 
-Three sockets, no token (as in golem-herder v1):
+Three sockets, no token (as in golem-herder v1); the golem's two need the
+golem's key (`?key=`, from its page URL; see `herder.golems`) unless
+`golem_open_control`:
 
 - `WS /golem/v1/connect/{webstrate}`: the golem's control socket, one per
-  webstrate (a second one gets 409 before the upgrade). It receives
+  webstrate (401 without the key of the webstrate's running golem; a second
+  one gets 409 before the upgrade, so a live golem is never displaced). It receives
   `{"Event": "minion-connected", "ID": id, "Type": type}` and
   `{"Event": "minion-disconnected", "ID": id}`; what the golem sends on it is
   ignored.
@@ -14,7 +17,8 @@ Three sockets, no token (as in golem-herder v1):
   `settings.relay_minions_per_webstrate` minions (waiting ones included) are
   connected to one webstrate; one more gets 429 before the upgrade.
 - `WS /golem/v1/connect-to/{webstrate}/{minion}`: the golem's data channel to
-  one minion (one at a time; 404 for an unknown minion, 409 while another is
+  one minion (one at a time; 401 without the key the control socket
+  presented, 404 for an unknown minion, 409 while another is
   open, 400 for a request that is no WebSocket upgrade). Once the upgrade
   succeeded the minion gets `{"Event": "golem-connected"}`, then every
   frame is relayed both ways unchanged, text as text and binary as binary.
@@ -35,6 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -44,7 +50,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, web
 
-from .errors import BadRequest, Conflict, NotFound, TooManyRequests
+from .errors import BadRequest, Conflict, NotFound, TooManyRequests, Unauthorized
 
 log = logging.getLogger("herder.relay")
 
@@ -281,6 +287,14 @@ class GolemSession:
     webstrate: str
     control: Peer
     minions: dict[str, MinionSession] = field(default_factory=dict)
+    # The digest of the golem's secret its control socket presented (None
+    # with `golem_open_control`): its data channels must present it too.
+    key_digest: str | None = None
+
+
+def key_digest(key: str) -> str:
+    """What the herder keeps of a golem's secret."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class Relay:
@@ -300,11 +314,14 @@ class Relay:
 
     # -- golem control socket --------------------------------------------------
 
-    def claim_golem(self, webstrate: str, control: Peer) -> GolemSession:
-        """Register the control socket; 409 when the webstrate has one."""
+    def claim_golem(
+        self, webstrate: str, control: Peer, key_digest: str | None = None
+    ) -> GolemSession:
+        """Register the control socket; 409 when the webstrate has one (a live
+        golem is never displaced)."""
         if webstrate in self._golems:
             raise Conflict(f"a golem is already connected for webstrate {webstrate}")
-        session = GolemSession(webstrate, control)
+        session = GolemSession(webstrate, control, key_digest=key_digest)
         self._golems[webstrate] = session
         for waiter in self._waiters.pop(webstrate, set()):
             if not waiter.done():
@@ -379,6 +396,14 @@ class Relay:
         for channel in minion.take_channels():
             channel.send(event("minion-disconnected", ID=minion.id))
             channel.finish(WSCloseCode.OK, "minion disconnected")
+
+    def check_channel_key(self, webstrate: str, key: str) -> None:
+        """401 unless `key` is the secret the webstrate's connected golem
+        presented (not called with `golem_open_control`)."""
+        session = self._golems.get(webstrate)
+        expected = session.key_digest if session is not None else None
+        if not expected or not key or not hmac.compare_digest(key_digest(key), expected):
+            raise Unauthorized("a golem's data channel needs the golem's key (?key=)")
 
     def find_minion(self, webstrate: str, minion_id: str) -> MinionSession:
         session = self._golems.get(webstrate)

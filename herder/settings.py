@@ -62,6 +62,43 @@ def _parse_str(raw: str) -> str:
     return raw
 
 
+# Capabilities a daemon keeps (from Docker's default set): enough for a
+# server that starts as root, binds a low port, chowns its files and drops to
+# a user of its own. Left out: NET_RAW (raw and packet sockets: ARP scans and
+# spoofing of the other containers on the bridge), MKNOD, SETFCAP, SETPCAP,
+# SYS_CHROOT, AUDIT_WRITE.
+DAEMON_CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+)
+LINUX_CAPABILITIES = frozenset(
+    """AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND BPF CHECKPOINT_RESTORE CHOWN
+    DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID IPC_LOCK IPC_OWNER KILL LEASE
+    LINUX_IMMUTABLE MAC_ADMIN MAC_OVERRIDE MKNOD NET_ADMIN NET_BIND_SERVICE
+    NET_BROADCAST NET_RAW PERFMON SETFCAP SETGID SETPCAP SETUID SYS_ADMIN SYS_BOOT
+    SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO SYS_RESOURCE
+    SYS_TIME SYS_TTY_CONFIG SYSLOG WAKE_ALARM""".split()
+)
+
+
+def _parse_capabilities(raw: str) -> tuple[str, ...]:
+    """`CHOWN,SETUID,...` (a `CAP_` prefix and case do not matter); empty: none."""
+    names = []
+    for part in filter(None, (p.strip().upper() for p in raw.split(","))):
+        name = part.removeprefix("CAP_")
+        if name not in LINUX_CAPABILITIES:
+            raise ValueError(f"unknown capability {part!r}")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def _parse_images(raw: str) -> dict[str, str]:
     """`{"python": "img"}` as JSON, or `python=img,node=img2`."""
     raw = raw.strip()
@@ -142,6 +179,9 @@ class Settings:
     docker_url: str = _setting(
         "", _parse_str, "Docker Engine URL; default DOCKER_HOST, else the local socket"
     )
+    runtime: str = _setting(
+        "docker", _parse_str, "docker (one engine) or swarm (services on a Docker Swarm)"
+    )
     host: str = _setting("0.0.0.0", _parse_str, "address `serve` listens on")
     port: int = _setting(8080, _parse_int, "port `serve` listens on", minimum=0, maximum=65535)
     public_url: str = _setting(
@@ -216,6 +256,11 @@ class Settings:
     daemon_memory_mb: int = _setting(512, _parse_int, "memory limit of a daemon (MiB)", minimum=16)
     daemon_cpus: float = _setting(1.0, _parse_float, "CPUs a daemon may use", minimum=0.01)
     daemon_pids: int = _setting(256, _parse_int, "process limit of a daemon", minimum=8)
+    daemon_capabilities: tuple[str, ...] = _setting(
+        DAEMON_CAPABILITIES,
+        _parse_capabilities,
+        "capabilities a daemon keeps (all others dropped): comma-separated names",
+    )
     daemon_bind_address: str = _setting(
         "0.0.0.0", _parse_str, "host address daemon ports are published on"
     )
@@ -228,10 +273,22 @@ class Settings:
     proxy_require_token: bool = _setting(
         False, _parse_bool, "the daemon proxy needs the owner's token"
     )
+    proxy_domain: str = _setting(
+        "",
+        _parse_str,
+        "serve daemon <Name> on its own origin at http://<Name>.<PROXY_DOMAIN>/ (a wildcard "
+        "DNS name; `localhost` works in browsers); empty: path route only",
+    )
     golem_image: str = _setting("herder/golem:bookworm", _parse_str, "image of golems")
     golem_cap: int = _setting(10, _parse_int, "most golems running at once", minimum=0)
     golem_require_token: bool = _setting(
         False, _parse_bool, "golem spawns need a token and are metered"
+    )
+    golem_open_control: bool = _setting(
+        False,
+        _parse_bool,
+        "UNSAFE: any client may be a webstrate's golem (control socket and data channels "
+        "without the golem's secret), as in golem-herder",
     )
     golem_wait: float = _setting(
         20.0, _parse_float, "seconds an ad-hoc minion waits for its golem", minimum=0.1
@@ -273,6 +330,29 @@ class Settings:
         "seconds a herder holds a channel request it took before another may take it over",
         minimum=1,
         maximum=600,
+    )
+    header_timeout: float = _setting(
+        10.0,
+        _parse_float,
+        "seconds a new connection has to send its request head (408 after)",
+        minimum=0.1,
+        maximum=3600,
+    )
+    body_min_rate: int = _setting(
+        1024,
+        _parse_int,
+        "bytes a second a request body must arrive at, over BODY_RATE_WINDOW (408 below)",
+        minimum=0,
+    )
+    body_rate_window: float = _setting(
+        15.0, _parse_float, "seconds over which BODY_MIN_RATE is counted", minimum=0.5
+    )
+    connections_per_client: int = _setting(
+        0,
+        _parse_int,
+        "most open connections from one address (503 above); 0: a quarter of what the "
+        "open-files limit leaves for clients",
+        minimum=0,
     )
     uvloop: bool = _setting(
         True, _parse_bool, "serve on uvloop's event loop when it is installed (it is a dependency)"
@@ -372,6 +452,19 @@ class Settings:
                 f"HERDER_NETWORK: bad value {self.network!r}: expected a network name of "
                 "letters, digits, '_', '.', '-' other than bridge, host, none, default"
             )
+        if self.runtime not in ("docker", "swarm"):
+            raise SettingsError(
+                f"HERDER_RUNTIME: bad value {self.runtime!r}: expected docker or swarm"
+            )
+        domain = self.proxy_domain.strip().lower().strip(".")
+        if domain and not re.fullmatch(
+            r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", domain
+        ):
+            raise SettingsError(
+                f"HERDER_PROXY_DOMAIN: bad value {self.proxy_domain!r}: expected a host name "
+                "such as apps.example.org (no scheme, port or wildcard)"
+            )
+        changes["proxy_domain"] = domain
         if self.minion_concurrency == 0:
             changes["minion_concurrency"] = max(2, 2 * (os.cpu_count() or 1))
         unknown = sorted(set(self.minion_pool) - set(self.images))

@@ -57,6 +57,12 @@ class Daemons:
         async with self.client.get(url, headers=headers) as resp:
             assert resp.status in (200, 404), await resp.text()
 
+    async def kill_named(self, token: str, container_name: str) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        url = f"/daemon/v1/kill/{container_name}?wipe=true"
+        async with self.client.get(url, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+
     async def close(self) -> None:
         for daemon in self.made:
             await self.kill(daemon)

@@ -184,3 +184,35 @@ async def ensure_volume_image() -> str:
 async def ensure_cat_image() -> str:
     """A busybox image running `cat`: what goes to its stdin comes out of its stdout."""
     return await ensure_command_image(CAT_IMAGE, ["cat"])
+
+
+ROOT_PYTHON_IMAGE = "herder-test/python-root:1"
+_root_python_lock = asyncio.Lock()
+
+
+def _build_root_python() -> None:
+    if (
+        subprocess.run(
+            ["docker", "image", "inspect", ROOT_PYTHON_IMAGE], capture_output=True
+        ).returncode
+        == 0
+    ):
+        return
+    dockerfile = (
+        'FROM herder/python:bookworm\nUSER root\nCMD ["python3", "-u", "/minion/main.py"]\n'
+    )
+    subprocess.run(
+        ["docker", "build", "-q", "--label", "herder.test=1", "-t", ROOT_PYTHON_IMAGE, "-"],
+        input=dockerfile.encode(),
+        check=True,
+        capture_output=True,
+        env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
+
+
+async def ensure_root_python_image() -> str:
+    """The python environment image running `/minion/main.py` as root, with
+    the capabilities the herder leaves it (a hostile tenant's daemon)."""
+    async with _root_python_lock:
+        await asyncio.to_thread(_build_root_python)
+    return ROOT_PYTHON_IMAGE

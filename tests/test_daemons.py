@@ -118,6 +118,8 @@ async def test_full_lifecycle(
     assert host["Memory"] == settings.daemon_memory_mb << 20
     assert host["PidsLimit"] == settings.daemon_pids
     assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == list(settings.daemon_capabilities)
+    assert "NET_RAW" not in host["CapAdd"]
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
     assert not host["Privileged"] and not host["Binds"] and host["NetworkMode"] != "host"
     assert {m["Destination"] for m in config["Mounts"]} == {"/web", "/minion"}
@@ -348,6 +350,9 @@ BAD_SPAWNS: list[tuple[dict[str, str], str]] = [
     ({"image": "img:tag:more"}, "image"),
     ({"image": "img;rm -rf"}, "image"),
     ({"image": ""}, "image"),
+    ({"image": "UPPER/case"}, "image"),  # the engine's 400 became a 503
+    ({"image": "Upper"}, "image"),
+    ({"image": "herder/Python:bookworm"}, "image"),
 ]
 
 

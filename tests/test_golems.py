@@ -28,6 +28,7 @@ from sqlalchemy import select
 from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.ledger import Workload
+from herder.relay import key_digest
 from herder.settings import Settings
 from herder.signing import load_keypair
 from herder.tokens import TokenService
@@ -269,7 +270,12 @@ async def test_ten_concurrent_spawns_one_container_cap_and_kill(
     assert labels["herder.name"] == "shared-doc"
     assert labels["herder.subject"] == "anonymous"
     assert labels["herder.instance"] == one.app[appkeys.INSTANCE]
-    assert f"GOLEM_URL={UNREACHABLE_PAGES}/shared-doc" in data["Config"]["Env"]
+    # The page with the golem's own secret in its fragment; only its digest is a label.
+    (page,) = [e for e in data["Config"]["Env"] if e.startswith("GOLEM_URL=")]
+    assert page.startswith(f"GOLEM_URL={UNREACHABLE_PAGES}/shared-doc#herder-golem-key=")
+    key = page.split("#herder-golem-key=", 1)[1]
+    assert len(key) >= 40 and labels["herder.golem-key-sha256"] == key_digest(key)
+    assert key not in json.dumps(labels)
     assert data["Config"]["User"] == "1000:1000"
     host = data["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
@@ -585,6 +591,74 @@ async def test_golem_echoes_an_ad_hoc_minion_end_to_end(
             assert json.loads(msg.data) == {"Event": "golem-disconnected"}
             msg = await minion.receive(timeout=10)
             assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                logs = await docker.containers.container(spawned["Id"]).log(
+                    stdout=True, stderr=True, tail=200
+                )
+                print("golem logs:\n" + "".join(logs))
+            raise
+
+
+def golem_key(data: dict[str, Any]) -> str:
+    (page,) = [e for e in data["Config"]["Env"] if e.startswith("GOLEM_URL=")]
+    return page.split("#herder-golem-key=", 1)[1]
+
+
+async def ws_status(http: aiohttp.ClientSession, url: str) -> int:
+    """The status a WebSocket upgrade gets (101 when it is accepted)."""
+    try:
+        ws = await http.ws_connect(url)
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+    await ws.close()
+    return 101
+
+
+@pytest.mark.slow
+async def test_a_squatter_is_refused_and_the_golem_is_served(
+    herder: HerderMaker, docker: aiodocker.Docker
+) -> None:
+    network = await docker.networks.get("bridge")
+    gateway = bridge_gateway(await network.show())
+    webstrate = "squatted-doc"
+    herder_url: dict[str, str] = {}
+    async with page_server(gateway, herder_url) as pages:
+        one = await herder(host=gateway, webstrates_url=pages, golem_wait=60)
+        herder_url["url"] = one.url
+        ws_base = one.url.replace("http", "ws")
+        control = f"{ws_base}/golem/v1/connect/{webstrate}"
+        status, spawned = await one.call("spawn", webstrate)
+        assert status == 201, spawned
+        try:
+            # Before the golem connects: no key, a wrong key, another golem's key.
+            assert await ws_status(one.http, control) == 401
+            assert await ws_status(one.http, control + "?key=guessed") == 401
+            for _ in range(240):
+                async with one.http.get(f"{one.url}/golem/v1/ls") as resp:
+                    listed = {g["Webstrate"]: g for g in await resp.json()}
+                if listed[webstrate]["Connected"]:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                pytest.fail("the golem never opened its control socket")
+            # Once it is connected: still refused, and data channels too.
+            assert await ws_status(one.http, control) == 401
+            channel = f"{ws_base}/golem/v1/connect-to/{webstrate}/anyone"
+            assert await ws_status(one.http, channel) == 401
+            assert await ws_status(one.http, channel + "?key=guessed") == 401
+            # Even the golem's own key does not displace the live golem.
+            key = golem_key(await docker.containers.container(spawned["Id"]).show())
+            assert await ws_status(one.http, f"{control}?key={key}") == 409
+
+            # The golem is the one serving the webstrate's minions.
+            minion = await one.http.ws_connect(f"{ws_base}/minion/v1/connect/{webstrate}?type=t")
+            msg = await minion.receive(timeout=30)
+            assert json.loads(msg.data) == {"Event": "golem-connected"}
+            await minion.send_str("who are you")
+            msg = await minion.receive(timeout=30)
+            assert msg.data.startswith("echo from ") and "HeadlessChrome" in msg.data
+            await minion.close()
         except BaseException:
             with contextlib.suppress(Exception):
                 logs = await docker.containers.container(spawned["Id"]).log(

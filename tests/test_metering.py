@@ -514,3 +514,46 @@ async def test_the_meter_clock_charges_what_per_run_metering_charged(ledger: Led
             assert await ledger.audit(subject) == balance
     assert await ledger.total_charged() == sum(model.charged.values())
     assert stats["exhausted"] >= 3 and stats["capped"] >= 3, stats  # the cases were met
+
+
+async def test_replicas_of_one_instance_meter_through_one_lease(ledger: Ledger) -> None:
+    """Only the lease holder ticks; when it stops, another takes over and
+    charges from the shared position: each second once, none lost."""
+    from herder.metering import MeterLease
+
+    await ledger.grant_once("a@x", "g1", 10_000)
+    run = await _register(ledger, "a@x", "one")
+    clock = {"wall": float(T0), "mono": 100.0}
+
+    def replica(holder: str) -> Meter:
+        return Meter(
+            make_settings_in_memory(),
+            ledger,
+            RecordingRuntime(),
+            "i1",
+            clock=lambda: clock["wall"],
+            monotonic=lambda: clock["mono"],
+            lease=MeterLease("meter:i1", holder, ttl=5),
+        )
+
+    first, second = replica("r1"), replica("r2")
+    for _ in range(4):
+        clock["wall"] += 1
+        clock["mono"] += 1
+        await first.step()
+        await second.step()
+    assert (first.ticks, second.ticks) == (4, 0)
+    assert await ledger.charge_of(run.charge_id) == (4, 4)
+    # r1 dies (no release): r2 waits out the lease, then charges the gap once.
+    for _ in range(6):
+        clock["wall"] += 1
+        clock["mono"] += 1
+        await second.step()
+    assert second.ticks == 1
+    assert await ledger.charge_of(run.charge_id) == (10, 10)
+    await second.release()
+    clock["wall"] += 1
+    clock["mono"] += 1
+    await first.step()  # released: r1 takes it at once
+    assert first.ticks == 5
+    assert await ledger.charge_of(run.charge_id) == (11, 11)

@@ -322,7 +322,13 @@ async def test_metrics_count_golem_spawns_failures_and_sockets(
     tmp_path: Path, aiohttp_client: Any
 ) -> None:
     image = await ensure_busybox_image()
-    settings = make_settings(tmp_path / "d", golem_image=image, webstrates_url="http://127.0.0.1:9")
+    # The test plays the golem: open control sockets (the key is test_golems' business).
+    settings = make_settings(
+        tmp_path / "d",
+        golem_image=image,
+        webstrates_url="http://127.0.0.1:9",
+        golem_open_control=True,
+    )
     client = await aiohttp_client(create_app(settings))
     webstrate = f"metrics-{secrets.token_hex(3)}"
     try:

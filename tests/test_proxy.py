@@ -77,6 +77,8 @@ async def test_headers_and_credentials(
         "Cookie": "session=secret",
         "X-Custom": "kept",
         "X-Forwarded-For": "203.0.113.7",
+        "Forwarded": "for=203.0.113.9;host=forged.example;proto=https",
+        "X-Real-IP": "203.0.113.9",
         "Connection": "keep-alive, X-Hop",
         "X-Hop": "dropped because Connection names it",
         "Keep-Alive": "timeout=5",
@@ -95,6 +97,9 @@ async def test_headers_and_credentials(
     assert header(echoed, "X-Forwarded-Proto") == ["http"]
     assert header(echoed, "X-Forwarded-Host") == ["herder.example:8443"]
     assert header(echoed, "X-Forwarded-Prefix") == [prefix(echo)]
+    # What the client says of itself is not passed on as what the herder saw.
+    assert header(echoed, "Forwarded") == []
+    assert header(echoed, "X-Real-IP") == ["127.0.0.1"]
     assert token not in json.dumps(echoed)
 
     # Taking the token out leaves every other byte of the query as it was sent.

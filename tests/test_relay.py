@@ -1,4 +1,8 @@
-"""The golem/minion WebSocket relay, with plain WebSocket clients on the real app."""
+"""The golem/minion WebSocket relay, with plain WebSocket clients on the real app.
+
+These clients play the golem without being one, so the herder runs with
+`golem_open_control` (golem-herder's behaviour); the golem's key is tested
+with a real golem in test_golems.py."""
 
 from __future__ import annotations
 
@@ -18,10 +22,16 @@ from herder import relay
 from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.relay import QUEUE_BYTES
+from herder.settings import Settings
 
 from .conftest import make_settings
 
 WEBSTRATE = "relay-test_1"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", golem_open_control=True)
 
 
 async def receive_event(ws: Any, within: float = 5) -> dict[str, Any]:
@@ -101,7 +111,7 @@ async def test_second_golem_is_409_before_upgrade(client: TestClient[Any, Any]) 
 async def test_minion_without_golem_gets_not_found_and_is_closed(
     tmp_path: Path, aiohttp_client: Any
 ) -> None:
-    settings = make_settings(tmp_path / "d", golem_wait=1)
+    settings = make_settings(tmp_path / "d", golem_wait=1, golem_open_control=True)
     client = await aiohttp_client(create_app(settings))
     minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}?type=x")
     assert await receive_event(minion, within=10) == {
@@ -112,7 +122,7 @@ async def test_minion_without_golem_gets_not_found_and_is_closed(
 
 
 async def test_minion_waits_for_a_late_golem(tmp_path: Path, aiohttp_client: Any) -> None:
-    settings = make_settings(tmp_path / "d", golem_wait=30)
+    settings = make_settings(tmp_path / "d", golem_wait=30, golem_open_control=True)
     client = await aiohttp_client(create_app(settings))
     minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
     await minion.send_str("sent before the golem came")
@@ -215,7 +225,9 @@ async def test_slow_reader_is_closed_not_buffered(client: TestClient[Any, Any]) 
 
 
 async def test_shutdown_closes_every_relay_socket(tmp_path: Path, aiohttp_client: Any) -> None:
-    client = await aiohttp_client(create_app(make_settings(tmp_path / "d")))
+    client = await aiohttp_client(
+        create_app(make_settings(tmp_path / "d", golem_open_control=True))
+    )
     golem = await client.ws_connect(f"/golem/v1/connect/{WEBSTRATE}")
     minion = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")
     await receive_event(golem)
@@ -312,7 +324,9 @@ async def test_buffer_bounds_count_utf8_bytes_not_characters(
 
 
 async def test_minions_per_webstrate_are_capped(tmp_path: Path, aiohttp_client: Any) -> None:
-    settings = make_settings(tmp_path / "d", relay_minions_per_webstrate=2, golem_wait=30)
+    settings = make_settings(
+        tmp_path / "d", relay_minions_per_webstrate=2, golem_wait=30, golem_open_control=True
+    )
     client = await aiohttp_client(create_app(settings))
     # waiting minions count too: no golem is connected
     first = await client.ws_connect(f"/minion/v1/connect/{WEBSTRATE}")

@@ -31,7 +31,9 @@ from ..daemons import (
     check_group,
     check_image,
     check_name,
+    check_node,
     check_ports,
+    parse_gpus,
 )
 from ..errors import BadRequest
 from ..openapi import (
@@ -62,7 +64,7 @@ from . import keys
 from .auth import require_claims
 from .inputs import parse_json, plain_int, query_flag, read_form, read_json
 
-RESERVED_FIELDS = frozenset({"name", "image", "ports", "group"})
+RESERVED_FIELDS = frozenset({"name", "image", "ports", "group", "node", "gpus"})
 PORTS_EXPECTED = 'ports must be a JSON list of port numbers, e.g. [80, "8080"]'
 
 MAX_TAIL = 100_000
@@ -124,6 +126,8 @@ async def parse_spawn(request: web.Request) -> SpawnRequest:
         ports=parse_ports(values.get("ports")),
         files=files,
         group=check_group(values["group"].strip()) if values.get("group", "").strip() else None,
+        node=check_node(values.get("node")),
+        gpus=parse_gpus(values.get("gpus")),
     )
 
 

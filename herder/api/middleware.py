@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import re
@@ -18,7 +19,9 @@ from aiohttp import web
 
 from ..errors import HerderError, NotFound, PayloadTooLarge
 from ..logfmt import REQUEST_ID
+from ..proxy.origins import daemon_on_host
 from . import keys
+from .proxy import proxy_on_own_origin
 
 log = logging.getLogger("herder")
 
@@ -84,6 +87,11 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     path = request.path
     method = request.method
     cors = not path.startswith(PROXY_PREFIX)
+    domain = request.app[keys.SETTINGS].proxy_domain
+    if domain and (own_origin := daemon_on_host(request.host, domain)) is not None:
+        # `<Name>.<PROXY_DOMAIN>`: every path is the daemon's, none the herder's.
+        handler = functools.partial(proxy_on_own_origin, name=own_origin)
+        cors = False
     if cors and method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return web.Response(status=204, headers=CORS_HEADERS)
     request_id = _request_id(request)

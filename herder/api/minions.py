@@ -16,6 +16,7 @@ from ..minions import (
     check_file_name,
     check_files,
     mime_type,
+    output_headers,
 )
 from ..openapi import (
     ANY_BYTES,
@@ -119,8 +120,9 @@ async def _send_file(
 ) -> web.StreamResponse:
     """The output file, from the engine to the client a chunk at a time (the
     herder never holds it whole)."""
-    response = web.StreamResponse(headers=headers)
-    response.content_type = mime_type(name)
+    content_type = mime_type(name)
+    response = web.StreamResponse(headers=headers | output_headers(name, content_type))
+    response.content_type = content_type
     response.content_length = stream.size
     await response.prepare(request)
     try:

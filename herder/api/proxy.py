@@ -61,6 +61,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def proxy_on_own_origin(request: web.Request, name: str) -> web.StreamResponse:
+    """A request to `<name>.<proxy_domain>` (the middleware routes it here):
+    the daemon's whole path, on an origin of its own."""
+    daemon = await _proxied_daemon(request, name)
+    app = request.app
+    return await forward(request, daemon, "", app[keys.UPSTREAMS], app[keys.METRICS])
+
+
 # -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
 
 _PROXY = Op(

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Unauthorized
 from ..openapi import (
     WEBSTRATE,
     Docs,
@@ -50,9 +50,17 @@ async def _frames(ws: web.WebSocketResponse) -> AsyncIterator[Frame]:
 async def golem_connect(request: web.Request) -> web.WebSocketResponse:
     relay = request.app[keys.RELAY]
     webstrate = check_webstrate(request.match_info["webstrate"])
+    digest = None
+    if not request.app[keys.SETTINGS].golem_open_control:
+        key = request.query.get("key", "")
+        digest = await request.app[keys.GOLEMS].control_key_digest(webstrate, key)
+        if digest is None:
+            raise Unauthorized(
+                "the control socket of a webstrate's golem needs that golem's key (?key=)"
+            )
     ws = relay_socket()
     peer = Peer(ws, f"golem {webstrate}", request.transport)
-    session = relay.claim_golem(webstrate, peer)  # 409 before the upgrade
+    session = relay.claim_golem(webstrate, peer, digest)  # 409 before the upgrade
     peer.on_abort = lambda: relay.release_golem(session, CLOSE_GOLEM_GONE, "golem disconnected")
     with relay.tracking(ws), request.app[keys.METRICS].websocket("golem"):
         try:
@@ -132,6 +140,8 @@ async def _read_minion(ws: web.WebSocketResponse, minion: MinionSession) -> None
 async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
     relay = request.app[keys.RELAY]
     webstrate = check_webstrate(request.match_info["webstrate"])
+    if not request.app[keys.SETTINGS].golem_open_control:
+        relay.check_channel_key(webstrate, request.query.get("key", ""))  # 401
     minion = relay.find_minion(webstrate, request.match_info["minion"])  # 404/409
     ws = relay_socket()
     if not ws.can_prepare(request).ok:
@@ -160,15 +170,22 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
 # -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
 
 _WS = {101: "switching to the WebSocket", 400: "bad webstrate id"}
+_KEY = Param("key", "the golem's key (not needed with GOLEM_OPEN_CONTROL)")
 docs: Docs = {
     "/golem/v1/connect/{webstrate}": {
         "GET": Op(
             "The golem's control socket",
             "golems",
-            description="Receives `minion-connected` and `minion-disconnected` events.",
+            description="Receives `minion-connected` and `minion-disconnected` events. "
+            "Needs the key of the webstrate's running golem (from its page URL's "
+            "fragment), unless the herder runs with `GOLEM_OPEN_CONTROL`.",
             websocket=True,
-            params=(WEBSTRATE,),
-            responses={**_WS, 409: "a control socket is open already"},
+            params=(WEBSTRATE, _KEY),
+            responses={
+                **_WS,
+                401: "not the key of the webstrate's running golem",
+                409: "a control socket is open already",
+            },
         )
     },
     "/minion/v1/connect/{webstrate}": {
@@ -185,8 +202,13 @@ docs: Docs = {
             "The golem's data channel to one minion",
             "golems",
             websocket=True,
-            params=(WEBSTRATE, Param("minion", "the minion's id", where="path")),
-            responses={**_WS, 404: "unknown minion", 409: "a channel is open already"},
+            params=(WEBSTRATE, Param("minion", "the minion's id", where="path"), _KEY),
+            responses={
+                **_WS,
+                401: "not the key the golem's control socket presented",
+                404: "unknown minion",
+                409: "a channel is open already",
+            },
         )
     },
 }

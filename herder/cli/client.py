@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-COMMANDS = ("ping", "daemon", "minion", "golem")
+COMMANDS = ("ping", "daemon", "minion", "golem", "node")
 DEFAULT_URL = "http://localhost:8080"
 DETACH_KEY = b"\x1d"  # Ctrl-]
 PIPE_QUIET_SECONDS = 1.0
@@ -73,6 +73,8 @@ def add_commands(commands: Any) -> None:
         help="a file for the data volume: NAME=@local/path, NAME=text, or @path (repeat)",
     )
     spawn.add_argument("--group", default=None, help="put the daemon in a group")
+    spawn.add_argument("--node", default=None, help="run it on this node (hostname or id)")
+    spawn.add_argument("--gpus", type=int, default=0, help="GPUs to reserve")
     spawn.add_argument("--json", action="store_true", help="print the server's JSON")
 
     ls = daemon.add_parser("ls", parents=[parent], help="your daemons")
@@ -122,6 +124,12 @@ def add_commands(commands: Any) -> None:
         "-O", "--save", default=None, help="write the returned file here (default: stdout)"
     )
     run.add_argument("--json", action="store_true", help="print the server's JSON")
+
+    node = commands.add_parser("node", help="the machines of the herder").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    node_ls = node.add_parser("ls", parents=[parent], help="every node, with your workloads")
+    node_ls.add_argument("--json", action="store_true", help="print JSON")
 
     golem = commands.add_parser("golem", help="headless browsers on webstrates").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -373,6 +381,10 @@ async def daemon_spawn(client: Client, args: argparse.Namespace) -> int:
     fields = {"name": args.name, "image": args.image, "ports": json.dumps(ports)}
     if args.group:
         fields["group"] = args.group
+    if args.node:
+        fields["node"] = args.node
+    if args.gpus:
+        fields["gpus"] = str(args.gpus)
     form = _form(fields, args.uploads)
     async with progress(f"spawning daemon {args.name} from {args.image}"):
         result = await client.json("POST", "/daemon/v1/spawn", data=form)
@@ -557,6 +569,26 @@ async def golem_ls(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def node_ls(client: Client, args: argparse.Namespace) -> int:
+    entries = await client.json("GET", "/node/v1/nodes", auth=bool(client.token))
+    if args.json:
+        _print_json(entries)
+        return 0
+    keys = ("Hostname", "ID", "Address", "Role", "Availability", "State", "CPUs", "GPUs")
+    rows = [
+        [
+            str(e.get(k) if e.get(k) not in (None, "") else "-")[: 12 if k == "ID" else None]
+            for k in keys
+        ]
+        + [f"{int(e.get('MemoryBytes') or 0) / 2**30:.1f}G"]
+        + [",".join(str(w.get("Name", "")) for w in e.get("Workloads") or []) or "-"]
+        for e in (entries if isinstance(entries, list) else [])
+        if isinstance(e, dict)
+    ]
+    print(_table(rows, [k.upper() for k in keys] + ["MEMORY", "YOUR WORKLOADS"]))
+    return 0
+
+
 async def golem_action(client: Client, args: argparse.Namespace) -> int:
     path = f"/golem/v1/{args.action}/{_path(args.webstrate)}"
     labels = {"spawn": "starting", "reset": "restarting", "kill": "stopping"}
@@ -703,6 +735,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[[Client, argparse.Namespace], An
     ("daemon", "exec"): daemon_exec,
     ("minion", "run"): minion_run,
     ("golem", "ls"): golem_ls,
+    ("node", "ls"): node_ls,
     ("golem", "spawn"): golem_action,
     ("golem", "reset"): golem_action,
     ("golem", "kill"): golem_action,
@@ -710,7 +743,10 @@ HANDLERS: dict[tuple[str, str | None], Callable[[Client, argparse.Namespace], An
 
 
 # Form fields of the spawn routes that are not files.
-RESERVED_FIELDS = {"daemon": ("name", "image", "ports", "group"), "minion": ("env", "output")}
+RESERVED_FIELDS = {
+    "daemon": ("name", "image", "ports", "group", "node", "gpus"),
+    "minion": ("env", "output"),
+}
 
 
 def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:

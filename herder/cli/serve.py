@@ -6,8 +6,7 @@ import asyncio
 import logging
 import sys
 
-from aiohttp import web
-
+from .. import serving
 from ..app import create_app
 from ..ledger.migrate import SchemaBehind
 from ..logfmt import JsonFormatter as JsonFormatter
@@ -39,17 +38,15 @@ def event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
 def serve(settings: Settings) -> int:
     configure_logging(settings)
     load_keypair(settings.data_dir)  # creates the key pair on first start
+    open_files = serving.raise_open_files_limit()
+    guards = serving.Guards.from_settings(settings, open_files)
+    serving.log.info(
+        "connections: at most %d, %d from one address", guards.max_connections, guards.per_client
+    )
     loop = event_loop(settings)
     log.info("event loop: %s", type(loop).__module__.split(".")[0])
     try:
-        web.run_app(
-            create_app(settings),
-            loop=loop,
-            host=settings.host,
-            port=settings.port,
-            print=lambda line: print(line, file=sys.stderr),
-            access_log=None,
-        )
+        serving.run(create_app(settings), settings, guards, loop)
     except SchemaBehind as exc:
         print(f"herder: {exc}", file=sys.stderr)
         return 2

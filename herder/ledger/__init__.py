@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import migrate
 from .engine import make_engines
+from .leases import Leases
 from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
 from .registry import TickResult, WorkloadRegistry, accrual
 
@@ -62,7 +63,7 @@ class Usage:
     charges: list[Charge]
 
 
-class Ledger(WorkloadRegistry):
+class Ledger(WorkloadRegistry, Leases):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine, self.read_engine = make_engines(url)

@@ -150,3 +150,14 @@ class MeterPosition(Base):
     credits: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     rate: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     runs: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+
+
+class Lease(Base):
+    """A named role one herder replica holds until `expires_at` (epoch
+    milliseconds) unless it renews it: who meters and reconciles a cluster's
+    workloads. A holder that dies loses it when it expires."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128), nullable=False)
+    expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)

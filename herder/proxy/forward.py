@@ -23,6 +23,7 @@ from ..errors import NotFound, UpstreamError, UpstreamTimeout
 from ..ledger.lookup import RunningDaemon
 from ..metrics import Metrics
 from .lean import UpstreamBroken, UpstreamUnreachable
+from .origins import SANDBOX, scope_cookie
 from .upstreams import Upstreams
 
 log = logging.getLogger("herder.proxy")
@@ -57,6 +58,9 @@ DROPPED_REQUEST_HEADERS = frozenset(
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-forwarded-prefix",
+        # What a client says of itself: the herder sets what it saw instead.
+        "forwarded",
+        "x-real-ip",
     }
 )
 # One set lookup per header on the hot path.
@@ -88,7 +92,7 @@ async def forward(
         raise NotFound(f"daemon {daemon.container_name!r} publishes no port")
     if not daemon.address:
         raise UpstreamError(f"daemon {daemon.container_name!r} has no address")
-    path = _stripped_path(request)
+    path = _stripped_path(request) if prefix else request.rel_url.raw_path
     if path is None:
         if request.method in ("GET", "HEAD"):
             query = request.rel_url.raw_query_string
@@ -170,7 +174,9 @@ def _upstream_headers(request: web.Request, prefix: str, websocket: bool) -> CIM
     out["X-Forwarded-For"] = f"{earlier}, {remote}" if earlier else remote
     out["X-Forwarded-Proto"] = request.scheme
     out["X-Forwarded-Host"] = request.host
-    out["X-Forwarded-Prefix"] = prefix
+    if prefix:
+        out["X-Forwarded-Prefix"] = prefix
+    out["X-Real-IP"] = remote
     return out
 
 
@@ -183,7 +189,9 @@ def _copy_downstream_headers(
     length: bool,
 ) -> None:
     """The daemon's response headers into `out`, minus hop-by-hop ones (and
-    `Content-Length` unless `length`), with `Location` rewritten."""
+    `Content-Length` unless `length`), with `Location` rewritten, cookies
+    kept to the daemon and, on the path route (`prefix`), the sandbox policy
+    (`herder.proxy.origins`)."""
     named = _connection_named(incoming)
     for key, value in incoming.items():
         lower = key.lower()
@@ -191,9 +199,13 @@ def _copy_downstream_headers(
             continue
         if lower == "location":
             value = rewrite_location(value, daemon, prefix)
+        elif lower == "set-cookie":
+            value = scope_cookie(value, prefix)
         elif lower == "content-length" and not length:
             continue
         out.add(key, value)
+    if prefix:
+        out.add("Content-Security-Policy", SANDBOX)
 
 
 def rewrite_location(value: str, daemon: RunningDaemon, prefix: str) -> str:

@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import ServiceUnavailable
+from ..errors import Conflict, ServiceUnavailable
 
 LABEL_MANAGED = "herder.managed"
 LABEL_KIND = "herder.kind"
@@ -26,6 +26,33 @@ LABEL_GROUP = "herder.group"
 
 class RuntimeUnavailable(ServiceUnavailable):
     message = "container engine unavailable"
+
+
+class OnAnotherNode(Conflict):
+    """The container runs on a node whose engine this herder does not drive
+    (attach and exec need it); the message names the node."""
+
+    message = "it runs on another node"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One machine of the engine (a Swarm node; the engine's host itself for Docker)."""
+
+    id: str
+    hostname: str
+    address: str
+    role: str = "manager"
+    availability: str = "active"
+    state: str = "ready"
+    cpus: float = 0.0
+    memory_bytes: int = 0
+    gpus: int = 0
+    leader: bool = False
+
+    def reference(self) -> dict[str, str]:
+        """What spawn replies name the node by (`Node`)."""
+        return {"ID": self.id, "Hostname": self.hostname, "Address": self.address}
 
 
 @dataclass(frozen=True)
@@ -43,6 +70,7 @@ class ContainerInfo:
     created: str = ""
     created_at: float = 0.0  # epoch seconds (to the second from `list`, exact from `inspect`)
     finished_at: float = 0.0  # epoch seconds the container last stopped (inspect only)
+    node: NodeInfo | None = None  # where it runs (the Swarm runtime; None: the engine's host)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -77,9 +105,12 @@ class ServiceSpec:
     open_stdin: bool = True
     user: str | None = None
     cap_drop_all: bool = False
+    cap_add: tuple[str, ...] = ()
     extra_hosts: tuple[str, ...] = ()
     shm_bytes: int | None = None
     network: str | None = None
+    node: str | None = None  # a node id to run on (the Swarm runtime's placement)
+    gpus: int = 0  # GPUs to reserve (the Swarm runtime's generic resource `gpu`)
 
 
 @dataclass(frozen=True)
@@ -210,6 +241,11 @@ class Runtime(Protocol):
 
     async def version(self) -> dict[str, Any]:
         """The engine's version document (Docker: /version)."""
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The machines workloads can run on: the Swarm's nodes, or the one
+        engine's host. Called by `GET /node/v1/nodes` and to resolve a
+        spawn's `node`."""
 
     async def list(self, labels: dict[str, str], *, all: bool = True) -> list[ContainerInfo]:
         """Containers carrying all `labels` (exact key=value matches)."""

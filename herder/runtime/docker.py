@@ -23,6 +23,7 @@ from .base import (
     Attachment,
     ContainerInfo,
     ExecResult,
+    NodeInfo,
     OutputChunk,
     RunResult,
     RunSpec,
@@ -101,6 +102,23 @@ class DockerRuntime:
         except (aiodocker.DockerError, OSError) as exc:
             raise RuntimeUnavailable(f"Docker Engine not answering at {self.url}") from exc
 
+    async def nodes(self) -> list[NodeInfo]:
+        """The engine's host as the one node."""
+        try:
+            info = await self.docker.system.info()
+        except (aiodocker.DockerError, OSError) as exc:
+            raise RuntimeUnavailable(f"Docker Engine not answering at {self.url}") from exc
+        return [
+            NodeInfo(
+                id=str(info.get("ID", "")),
+                hostname=str(info.get("Name", "")),
+                address="",
+                cpus=float(info.get("NCPU") or 0),
+                memory_bytes=int(info.get("MemTotal") or 0),
+                leader=True,
+            )
+        ]
+
     async def list(self, labels: dict[str, str], *, all: bool = True) -> list[ContainerInfo]:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         try:
@@ -145,7 +163,7 @@ class DockerRuntime:
         try:
             await self.docker.images.inspect(image)
         except aiodocker.DockerError as exc:
-            if exc.status == 404:
+            if exc.status in (400, 404):  # 400: a reference the engine cannot parse
                 return False
             raise RuntimeUnavailable("Docker Engine error") from exc
         return True
@@ -537,6 +555,7 @@ def _service_config(spec: ServiceSpec) -> dict[str, Any]:
         host_config["NetworkMode"] = spec.network
     if spec.cap_drop_all:
         host_config["CapDrop"] = ["ALL"]
+        host_config["CapAdd"] = list(spec.cap_add)
     if spec.shm_bytes:
         host_config["ShmSize"] = spec.shm_bytes
     config: dict[str, Any] = {

@@ -12,7 +12,8 @@
     emet.herder                 the herder's URL
     emet.webstrate              this page's webstrate id
     emet.isGolem                true inside the golem
-    emet.controlSocket(onEvent) opens the golem's control socket and returns
+    emet.controlSocket(onEvent) opens the golem's control socket (with the
+                                golem's key, from its page URL) and returns
                                 the WebSocket; onEvent(event, socket) gets
                                 {"Event": "minion-connected", "ID", "Type"} and
                                 {"Event": "minion-disconnected", "ID"}
@@ -55,7 +56,20 @@
     }
   }
 
+  // The herder opens a golem's page with its secret in the fragment
+  // (#herder-golem-key=...), which the Webstrates server never sees; the
+  // control socket and data channels present it. Read once, at load.
+  function golemKey() {
+    var found = /(?:^#|&)herder-golem-key=([^&]*)/.exec(location.hash);
+    return found ? found[1] : "";
+  }
+
+  function withKey(url) {
+    return key ? url + "?key=" + encodeURIComponent(key) : url;
+  }
+
   var webstrateId = pageWebstrate();
+  var key = golemKey();
   var isGolem =
     navigator.webdriver === true || /HeadlessChrome/.test(navigator.userAgent);
 
@@ -79,7 +93,7 @@
     isGolem: isGolem,
     controlSocket: function (onEvent) {
       var socket = new WebSocket(
-        socketBase + "/golem/v1/connect/" + encodeURIComponent(webstrateId)
+        withKey(socketBase + "/golem/v1/connect/" + encodeURIComponent(webstrateId))
       );
       socket.onmessage = function (message) {
         var event;
@@ -94,11 +108,13 @@
     },
     connectTo: function (minionId) {
       var socket = new WebSocket(
-        socketBase +
-          "/golem/v1/connect-to/" +
-          encodeURIComponent(webstrateId) +
-          "/" +
-          encodeURIComponent(minionId)
+        withKey(
+          socketBase +
+            "/golem/v1/connect-to/" +
+            encodeURIComponent(webstrateId) +
+            "/" +
+            encodeURIComponent(minionId)
+        )
       );
       socket.binaryType = "arraybuffer";
       return socket;
