@@ -4,7 +4,8 @@ contents.
 
 Cleanup contexts run in this order (and unwind in reverse): the database
 and the token service, the Docker runtime, minions, daemons, the
-reconciler, metering, golems, the proxy's upstreams, attach sessions, the
+reconciler, metering, the Redis channels (with `REDIS_URL`), golems, the
+proxy's upstreams, attach sessions, the
 container event log. Only this module and `herder.api` touch the app keys.
 """
 
@@ -22,6 +23,7 @@ from aiohttp import web
 from .api import DOCS, ROUTES, keys
 from .api.middleware import request_middleware, send_request_id
 from .attach import AttachHub
+from .channels.service import ChannelService
 from .container_events import follow_events
 from .daemons import DaemonService
 from .golems import GolemService, render_emet
@@ -29,6 +31,7 @@ from .ledger import Ledger
 from .metering import Meter, MeterLease
 from .metrics import Metrics
 from .minions import MinionService
+from .node import running_counts
 from .proxy.upstreams import Upstreams
 from .reconcile import Reconciler
 from .relay import Relay
@@ -60,6 +63,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_daemons)
     app.cleanup_ctx.append(_reconciler)
     app.cleanup_ctx.append(_metering)
+    app.cleanup_ctx.append(_channels)
     app[keys.RELAY] = Relay(settings.golem_wait, settings.relay_minions_per_webstrate)
     app.on_shutdown.append(_close_relay)
     app.on_shutdown.append(_end_streams)
@@ -137,6 +141,31 @@ async def _daemons(app: web.Application) -> AsyncIterator[None]:
         app[keys.METRICS],
     )
     yield
+
+
+async def _channels(app: web.Application) -> AsyncIterator[None]:
+    """PyCloud's Redis channels, when `REDIS_URL` is set: a second front door
+    to the daemon and token services (an owned task)."""
+    settings = app[keys.SETTINGS]
+    if not settings.redis_url:
+        yield
+        return
+    runtime, instance = app[keys.RUNTIME], app[keys.INSTANCE]
+    service = ChannelService(
+        settings,
+        app[keys.DAEMONS],
+        app[keys.TOKENS],
+        app[keys.LEDGER],
+        instance,
+        app[keys.METRICS].registry,
+        running=lambda: running_counts(runtime, instance),
+    )
+    app[keys.CHANNELS] = service
+    try:
+        async with owned_task(service.run(), "channels"):
+            yield
+    finally:
+        await service.close()
 
 
 async def _reconciler(app: web.Application) -> AsyncIterator[None]:

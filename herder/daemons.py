@@ -43,6 +43,8 @@ from .tokens import Claims
 log = logging.getLogger("herder.daemons")
 
 KIND = "daemon"
+MAX_PORTS = 16
+MAX_FILES = 256  # files a spawn may put in the data volume
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 # A container name is `<name>-<jti>`; kill accepts either.
 CONTAINER_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}-[A-Za-z0-9_.-]{1,128}")
@@ -99,6 +101,27 @@ def check_image(image: str) -> str:
     if not image or len(image) > 512 or not IMAGE_PATTERN.fullmatch(image):
         raise BadRequest(f"image {image[:100]!r} is not a valid image reference")
     return image
+
+
+def check_ports(items: list[Any]) -> tuple[int, ...]:
+    """Container ports as a spawn gives them (numbers or numeric strings):
+    at most `MAX_PORTS`, each 1 to 65535, none twice."""
+    if len(items) > MAX_PORTS:
+        raise BadRequest(f"at most {MAX_PORTS} ports")
+    ports: list[int] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise BadRequest(f"port {item!r} is not a number")
+        if isinstance(item, str):
+            if not re.fullmatch(r"[0-9]{1,5}", item.strip()):
+                raise BadRequest(f"port {item!r} is not a number")
+            item = int(item)
+        if not 1 <= item <= 65535:
+            raise BadRequest(f"port {item} is out of range (1 to 65535)")
+        if item in ports:
+            raise BadRequest(f"port {item} is given twice")
+        ports.append(item)
+    return tuple(ports)
 
 
 def check_file_name(name: str) -> str:

@@ -28,13 +28,25 @@ async def _timed(check: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
     return {"ok": True, "ms": round((time.monotonic() - started) * 1000, 1)}
 
 
-async def check_health(ledger: Ledger, runtime: Runtime, instance: str) -> dict[str, Any]:
-    """The report; `ok` only when both the database and the engine answer."""
-    database, docker = await asyncio.gather(_timed(ledger.ping), _timed(runtime.ping))
-    return {
-        "ok": database["ok"] and docker["ok"],
+async def check_health(
+    ledger: Ledger,
+    runtime: Runtime,
+    instance: str,
+    redis_ping: Callable[[], Awaitable[Any]] | None = None,
+) -> dict[str, Any]:
+    """The report; `ok` only when the database and the engine answer, and
+    Redis too when the channels are on (`redis_ping` given)."""
+    checks = [_timed(ledger.ping), _timed(runtime.ping)]
+    if redis_ping is not None:
+        checks.append(_timed(redis_ping))
+    database, docker, *redis = await asyncio.gather(*checks)
+    report: dict[str, Any] = {
+        "ok": database["ok"] and docker["ok"] and all(r["ok"] for r in redis),
         "version": __version__,
         "instance": instance,
         "database": database,
         "docker": docker,
     }
+    if redis:
+        report["redis"] = redis[0]
+    return report

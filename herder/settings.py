@@ -29,6 +29,8 @@ DEFAULT_IMAGES: dict[str, str] = {
 # Docker's network names; the engine's own networks would undo the isolation.
 NETWORK_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 SHARED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
+# Channel names are `<prefix>.<verb>`: `herder`, `year4000.pycloud`.
+CHANNEL_PREFIX_PATTERN = re.compile(r"(?=.{1,100}$)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 # Engine connections of the runtime's streaming client (log follows, attach
 # sessions, event streams), apart from those of its short calls; aiodocker's
@@ -313,6 +315,22 @@ class Settings:
         maximum=STREAM_CONNECTIONS - 10,
     )
     log_format: str = _setting("text", _parse_str, "text or json")
+    redis_url: str = _setting(
+        "",
+        _parse_str,
+        "Redis for the PyCloud channels (redis://host:port/db); empty: channels off",
+        secret=True,
+    )
+    channel_prefix: str = _setting(
+        "herder", _parse_str, "prefix of the channel names (year4000.pycloud: PyCloud's)"
+    )
+    channel_lease: float = _setting(
+        15.0,
+        _parse_float,
+        "seconds a herder holds a channel request it took before another may take it over",
+        minimum=1,
+        maximum=600,
+    )
     header_timeout: float = _setting(
         10.0,
         _parse_float,
@@ -459,7 +477,33 @@ class Settings:
             raise SettingsError(
                 f"HERDER_LOG_FORMAT: bad value {self.log_format!r}: expected text or json"
             )
+        if self.redis_url:
+            check_redis_url(self.redis_url)
+        if not CHANNEL_PREFIX_PATTERN.fullmatch(self.channel_prefix):
+            raise SettingsError(
+                f"HERDER_CHANNEL_PREFIX: bad value {self.channel_prefix[:100]!r}: expected "
+                "dot-separated words of letters, digits, '_', '-' (at most 100 characters)"
+            )
         return dataclasses.replace(self, **changes)
+
+
+def check_redis_url(url: str) -> None:
+    """`redis://[:password@]host[:port][/db]`, `rediss://…` or `unix:///path`."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        parts = parts._replace(scheme="")
+    ok = (parts.scheme in ("redis", "rediss") and bool(parts.hostname)) or (
+        parts.scheme == "unix" and bool(parts.path)
+    )
+    if ok and parts.scheme != "unix":
+        ok = parts.path in ("", "/") or parts.path.lstrip("/").isdigit()
+    if not ok:
+        raise SettingsError(
+            "HERDER_REDIS_URL: malformed Redis URL (expected redis://[:password@]host[:port][/db], "
+            "rediss://... or unix:///path/to/socket)"
+        )
 
 
 def _check_database_url(url: str) -> None:

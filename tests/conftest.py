@@ -25,6 +25,7 @@ from herder.settings import Settings
 from herder.signing import INSTANCE_FILE, load_keypair
 from herder.tokens import TokenService
 
+from .channel_fixtures import prefix, redis  # noqa: F401  (fixtures: the channels' Redis)
 from .cluster_lab import lab  # noqa: F401  (a session fixture: the Swarm lab, for `cluster` tests)
 from .daemon_fixtures import daemons  # noqa: F401  (a fixture: running daemons for tests)
 

@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiohttp import web
 
 from ..daemons import (
+    MAX_FILES,
     SpawnRequest,
     check_file_name,
     check_group,
     check_image,
     check_name,
     check_node,
+    check_ports,
     parse_gpus,
 )
 from ..errors import BadRequest
@@ -63,8 +64,6 @@ from . import keys
 from .auth import require_claims
 from .inputs import parse_json, plain_int, query_flag, read_form, read_json
 
-MAX_PORTS = 16
-MAX_FILES = 256
 RESERVED_FIELDS = frozenset({"name", "image", "ports", "group", "node", "gpus"})
 PORTS_EXPECTED = 'ports must be a JSON list of port numbers, e.g. [80, "8080"]'
 
@@ -92,22 +91,7 @@ def parse_ports(raw: str | None) -> tuple[int, ...]:
     value = parse_json(raw, PORTS_EXPECTED)
     if not isinstance(value, list):
         raise BadRequest(PORTS_EXPECTED)
-    if len(value) > MAX_PORTS:
-        raise BadRequest(f"at most {MAX_PORTS} ports")
-    ports: list[int] = []
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, int | str):
-            raise BadRequest(f"port {item!r} is not a number")
-        if isinstance(item, str):
-            if not re.fullmatch(r"[0-9]{1,5}", item.strip()):
-                raise BadRequest(f"port {item!r} is not a number")
-            item = int(item)
-        if not 1 <= item <= 65535:
-            raise BadRequest(f"port {item} is out of range (1 to 65535)")
-        if item in ports:
-            raise BadRequest(f"port {item} is given twice")
-        ports.append(item)
-    return tuple(ports)
+    return check_ports(value)
 
 
 async def parse_spawn(request: web.Request) -> SpawnRequest:

@@ -1,4 +1,5 @@
-"""`GET /healthz`: 200 with the report when the database and Docker answer, else 503."""
+"""`GET /healthz`: 200 with the report when the database and Docker answer (and
+Redis, with the channels on), else 503."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ routes = web.RouteTableDef()
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
-    report = await check_health(app[keys.LEDGER], app[keys.RUNTIME], app[keys.INSTANCE])
+    channels = app.get(keys.CHANNELS)
+    report = await check_health(
+        app[keys.LEDGER],
+        app[keys.RUNTIME],
+        app[keys.INSTANCE],
+        redis_ping=channels.ping if channels is not None else None,
+    )
     return web.json_response(report, status=200 if report["ok"] else 503)
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from ..attach import AttachHub
+    from ..channels.service import ChannelService
     from ..daemons import DaemonService
     from ..golems import GolemService
     from ..ledger import Ledger
@@ -46,3 +47,4 @@ STREAMS: web.AppKey[StreamLimits] = web.AppKey("streams")
 TICKETS: web.AppKey[AttachTickets] = web.AppKey("tickets")
 # Every resource's OpenAPI docs (`herder.api.DOCS`), for `/openapi.json`.
 API_DOCS: web.AppKey[tuple[Docs, ...]] = web.AppKey("api_docs")
+CHANNELS: web.AppKey[ChannelService] = web.AppKey("channels")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import HerderError, SettingsError
 from ..settings import Settings
-from . import client
+from . import channel, client
 
 SETTING_FLAGS = [f.name for f in dataclasses.fields(Settings)]
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild images that exist")
 
     client.add_commands(commands)
+    channel.add_commands(commands)
     return parser
 
 
@@ -92,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, command = client.split_command(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     args.cmd = command
+    if args.command == "channel":
+        # A Redis client: it loads no server settings either.
+        return channel.main(args)
     if args.command in client.COMMANDS:
         # Client commands talk HTTP to a herder; they load no server settings.
         try:

@@ -92,3 +92,82 @@ def _first_port(ports: str) -> int | None:
             return None
         return port if 0 < port < 65536 else None
     return None
+
+
+# -- across herder instances (the Redis channels' routing) ---------------------
+
+
+@dataclass(frozen=True)
+class DaemonOwner:
+    """Which herder instance a daemon's container name belongs to, and whose it is."""
+
+    instance: str
+    subject: str
+    running: bool
+
+
+async def daemon_owner(ledger: Ledger, container_name: str) -> DaemonOwner | None:
+    """The instance that runs (or last ran) the daemon `container_name`, of
+    any herder sharing this ledger: its open run first, else its latest run."""
+    async with ledger.read() as conn:
+        row = (
+            await conn.execute(
+                select(Workload.instance, Workload.subject, Workload.state)
+                .where(Workload.kind == DAEMON, Workload.container_name == container_name)
+                .order_by((Workload.state == RUNNING).desc(), Workload.id.desc())
+                .limit(1)
+            )
+        ).first()
+    if row is None:
+        return None
+    return DaemonOwner(instance=row.instance, subject=row.subject, running=row.state == RUNNING)
+
+
+@dataclass(frozen=True)
+class PlacedDaemon:
+    """A running daemon of any herder instance, with what a spawn reply tells."""
+
+    instance: str
+    container_name: str
+    address: str
+    ports: dict[str, int]
+
+
+async def running_daemons_started_since(
+    ledger: Ledger, subject: str, name: str, since: int
+) -> list[PlacedDaemon]:
+    """The subject's running daemons named `name`, on any herder instance,
+    started at or after `since` (epoch seconds), newest first."""
+    async with ledger.read() as conn:
+        rows = (
+            await conn.execute(
+                select(Workload.instance, *_COLUMNS)
+                .where(
+                    Workload.kind == DAEMON,
+                    Workload.state == RUNNING,
+                    Workload.subject == subject,
+                    Workload.name == name,
+                    Workload.started_at >= since,
+                )
+                .order_by(Workload.id.desc())
+            )
+        ).all()
+    return [
+        PlacedDaemon(
+            instance=row.instance,
+            container_name=row.container_name,
+            address=row.address,
+            ports=_ports(row.ports),
+        )
+        for row in rows
+    ]
+
+
+def _ports(ports: str) -> dict[str, int]:
+    try:
+        value = json.loads(ports or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): int(v) for k, v in value.items() if isinstance(v, int)}

@@ -1,0 +1,1 @@
+"""PyCloud's Redis API: a second front door to the daemon service (see `service`)."""
