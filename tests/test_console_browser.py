@@ -38,6 +38,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from herder.signing import load_keypair
 from herder.tokens import TokenService
 
+from .chromium import CHROMEDRIVER, FLAGS, chromium_binary
 from .conftest import make_settings
 from .images import BUSYBOX_IMAGE, build_on_busybox, ensure_busybox_image
 
@@ -45,8 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent
 HERDER = [sys.executable, "-m", "herder"]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
 DOWNLOADS = ARTIFACTS / "downloads"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 # A daemon serving /minion on port 80 and echoing its stdin to its stdout.
 WEB_IMAGE = "herder-test/busybox-console:1"
 WEB_CMD = ["sh", "-c", "httpd -p 80 -h /minion && echo daemon ready && exec cat"]
@@ -137,22 +136,10 @@ def herder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herder]:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     """Debian's Chromium, headless, with the flags this machine's closed network needs."""
-    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), (
-        "Chromium and chromedriver are missing: scripts/test installs Debian's "
-        "chromium and chromium-driver"
-    )
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium_binary()
     for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
+        *FLAGS,
         "--window-size=1360,900",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
