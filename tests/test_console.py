@@ -128,6 +128,7 @@ async def test_config_names_public_facts(client: TestClient[Any, Any], settings:
         config = await resp.json()
     assert config["webstrates_url"] == settings.webstrates_url
     assert config["credit_rate"] == settings.credit_rate
+    assert config["proxy_domain"] == settings.proxy_domain == ""  # off unless set
 
 
 # -- the OpenAPI document -------------------------------------------------------------
