@@ -20,6 +20,14 @@ Daemons and golems both have registry rows, so all of this applies to both.
 `Reconciler.run()` reconciles, then follows Docker's event stream, so a
 daemon (or golem) that exits, is OOM-killed or removed by hand stops costing credits at
 once; no container is polled.
+
+On a Swarm (`leadership` given) the replicas share the registry and the
+services, and only the replica that leads (holds the lease, the same one
+that meters) reconciles them and follows their events, from when it takes
+the lease until it loses it; `reconciled` is set while it leads and has
+reconciled. Every replica sweeps, at start, its own node's leftover plain
+containers (minions of a replica that died there: only the engine of that
+node reaches them), through `node_runtime`.
 """
 
 from __future__ import annotations
@@ -28,10 +36,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from .leadership import Leadership
 from .ledger import Ledger, Workload
 from .runtime import ContainerInfo, Runtime
 from .runtime.base import (
@@ -52,6 +61,10 @@ REGISTERED_KINDS = ("daemon", "golem")
 SWEPT_KINDS = ("daemon", "golem", "minion")
 STOP_EVENTS = ("die", "destroy")
 MAX_BACKOFF = 30.0
+# On a Swarm, an unknown service younger than this may be a spawn of another
+# replica between creating it and registering it (a spawn waits up to 60 s
+# for its task): it is left alone.
+SERVICE_GRACE = 90.0
 
 
 @dataclass
@@ -71,7 +84,11 @@ class Reconciler:
         instance: str,
         *,
         started_at: float | None = None,
+        leadership: Leadership | None = None,
+        node_runtime: Runtime | None = None,
     ) -> None:
+        self.leadership = leadership
+        self.node_runtime = node_runtime
         self.settings = settings
         self.ledger = ledger
         self.runtime = runtime
@@ -113,7 +130,7 @@ class Reconciler:
                         report.resumed.append(container.name)
                 continue
             exact = await self.runtime.inspect(container.id)
-            if exact is not None and 0 < exact.created_at < self.started_at:
+            if exact is not None and 0 < exact.created_at < self._sweep_before():
                 log.warning(
                     "removing unknown herder container %s (%s)", container.name, container_kind
                 )
@@ -129,6 +146,27 @@ class Reconciler:
                 report.removed,
             )
         return report
+
+    def _sweep_before(self) -> float:
+        """Unknown containers made before this are leftovers."""
+        if self.leadership is not None:  # (this node's leftovers: `sweep_node`)
+            return min(self.started_at, time.time() - SERVICE_GRACE)
+        return self.started_at
+
+    async def sweep_node(self) -> list[str]:
+        """Remove this node's leftover plain containers of this instance
+        (older than this process: a dead replica's minions)."""
+        if self.node_runtime is None:
+            return []
+        removed = []
+        for container in await self.node_runtime.list(self._labels):
+            if container.labels.get(LABEL_KIND) not in SWEPT_KINDS:
+                continue
+            if 0 < container.created_at < self.started_at:
+                log.warning("removing leftover herder container %s on this node", container.name)
+                await self.node_runtime.remove(container.id)
+                removed.append(container.name)
+        return removed
 
     async def _refresh(self, row: Workload, container: ContainerInfo) -> None:
         ports = _ports_like(row, container)
@@ -203,6 +241,39 @@ class Reconciler:
                 await self.resume(info)
 
     async def run(self) -> None:
+        """Reconcile, then follow the event stream; on a Swarm, sweep this
+        node, then do that whenever this replica leads."""
+        if self.leadership is None:
+            await self._follow()
+            return
+        await self._retrying(self.sweep_node, "could not sweep this node's leftovers")
+        while True:
+            await self.leadership.wait_held()
+            follow = asyncio.create_task(self._follow())
+            lost = asyncio.create_task(self.leadership.wait_lost())
+            try:
+                await asyncio.wait({follow, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.reconciled.clear()
+                for task in (follow, lost):
+                    task.cancel()
+                await asyncio.gather(follow, lost, return_exceptions=True)
+
+    @staticmethod
+    async def _retrying(step: Callable[[], Awaitable[object]], failure: str) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await step()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s; retrying in %.0f s", failure, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _follow(self) -> None:
         """Reconcile, then follow the event stream; again after any engine error."""
         backoff = 1.0
         while True:
