@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from .leadership import Leadership
 from .ledger import Ledger, Workload
+from .pool import LABEL_POOL
 from .runtime import ContainerInfo, Runtime
 from .runtime.base import (
     LABEL_INSTANCE,
@@ -159,10 +160,12 @@ class Reconciler:
         if self.node_runtime is None:
             return []
         removed = []
-        for container in await self.node_runtime.list(self._labels):
-            if container.labels.get(LABEL_KIND) not in SWEPT_KINDS:
+        for listed in await self.node_runtime.list(self._labels):
+            # (the pool removes its own stale containers at start)
+            if listed.labels.get(LABEL_KIND) not in SWEPT_KINDS or LABEL_POOL in listed.labels:
                 continue
-            if 0 < container.created_at < self.started_at:
+            container = await self.node_runtime.inspect(listed.id)  # the exact creation time
+            if container is not None and 0 < container.created_at < self.started_at:
                 log.warning("removing leftover herder container %s on this node", container.name)
                 await self.node_runtime.remove(container.id)
                 removed.append(container.name)
