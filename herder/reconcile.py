@@ -116,6 +116,11 @@ class Reconciler:
                     # reconcile): ask for it by id before calling it gone.
                     found = await self.runtime.inspect(row.container_id)
                 if found is not None and found.state == "running":
+                    if found.started_at > row.started_at + 1:
+                        await self._task_replaced(row, found)
+                        report.closed.append(row.container_name)
+                        report.resumed.append(row.container_name)
+                        continue
                     await self._refresh(row, found)
                     report.kept.append(row.container_name)
                     continue
@@ -175,6 +180,27 @@ class Reconciler:
         ports = _ports_like(row, container)
         if container.address != row.address or json.loads(row.ports or "{}") != ports:
             await self.ledger.update_workload_endpoint(row.id, container.address, ports)
+
+    async def _task_replaced(self, row: Workload, service: ContainerInfo) -> None:
+        """A service's task started after its run began: the Swarm restarted
+        or moved it while no replica followed it (every replica down, or the
+        leader's lease in between). The run ends and a new one begins when
+        that task started: the ledger stays continuous, charged once."""
+        assert row.container_id is not None
+        closed = await self.ledger.close_workload(
+            self.instance, row.container_id, at=service.started_at, rate=self.settings.credit_rate
+        )
+        if closed is not None:
+            for hook in self.on_closed:
+                hook(closed.container_name)
+        await self.ledger.resume_workload(
+            self.instance,
+            row.container_id,
+            address=service.address,
+            ports=_ports_like(row, service),
+            started_at=int(service.started_at),
+        )
+        log.info("%s %s was restarted by the Swarm meanwhile: a new run", row.kind, row.name)
 
     async def _close_run(self, row: Workload, listed: ContainerInfo | None) -> None:
         """Close a run whose container no longer runs, charged up to its stop time."""

@@ -650,6 +650,7 @@ def _info_from(
         created=str(service.get("CreatedAt", "")),
         created_at=created_at,
         finished_at=_docker_time(str(status.get("Timestamp", ""))) if state == "exited" else 0.0,
+        started_at=_docker_time(str(status.get("Timestamp", ""))) if state == "running" else 0.0,
         node=node,
         raw={
             "Id": service["ID"],
