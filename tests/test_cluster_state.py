@@ -154,12 +154,18 @@ async def test_every_replica_killed_at_once_comes_back_to_the_same_state(lab: La
         status, listed = await call("GET", f"{url}/daemon/v1/ls", tok)
         assert status == 200, listed
         return sorted(
-            (d["Labels"]["herder.name"], d["Name"], d["Node"]["Hostname"], json.dumps(d["Ports"]))
+            (
+                d["Labels"]["herder.name"],
+                d["Names"][0].lstrip("/"),
+                d["Node"]["Hostname"],
+                json.dumps(d["Ports"], sort_keys=True),
+            )
             for d in listed
         )
 
     before = await state(lab.replicas[0])
     assert [(n, node) for n, _, node, _ in before] == [("left", NODES[0]), ("right", NODES[2])]
+    assert all('"PublicPort": 0' not in ports for *_, ports in before), before
     try:
         await asyncio.sleep(2)
         victims = [await asyncio.to_thread(replica_container, lab, i) for i in range(3)]
