@@ -32,6 +32,7 @@ from .metering import Meter, MeterLease
 from .metrics import Metrics
 from .minions import MinionService
 from .node import running_counts
+from .peers import PeerAuth, PeerService, this_node
 from .proxy.upstreams import Upstreams
 from .reconcile import Reconciler
 from .relay import Relay
@@ -52,6 +53,8 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[keys.SETTINGS] = settings
+    # This process among a cluster's replicas (the metering lease, the peers).
+    app[keys.REPLICA] = f"{socket.gethostname()}-{secrets.token_hex(4)}"
     app[keys.METRICS] = Metrics()
     app[keys.STREAMS] = StreamLimits(settings.streams_per_subject, settings.streams_total)
     app[keys.TICKETS] = AttachTickets()
@@ -61,6 +64,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_runtime)
     app.cleanup_ctx.append(_minions)
     app.cleanup_ctx.append(_daemons)
+    app.cleanup_ctx.append(_peers)
     app.cleanup_ctx.append(_reconciler)
     app.cleanup_ctx.append(_metering)
     app.cleanup_ctx.append(_channels)
@@ -143,6 +147,34 @@ async def _daemons(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _peers(app: web.Application) -> AsyncIterator[None]:
+    """The herder-to-herder channel, with `CLUSTER_SECRET`: this replica in
+    the peer registry (an owned task) and exec carried to other nodes."""
+    settings = app[keys.SETTINGS]
+    if not settings.cluster_secret:
+        if settings.runtime == "swarm":
+            log.warning(
+                "no CLUSTER_SECRET: attach and exec reach only daemons on this replica's node"
+            )
+        yield
+        return
+    runtime = app[keys.RUNTIME]
+    peers = PeerService(
+        PeerAuth(settings.cluster_secret, app[keys.REPLICA]),
+        app[keys.LEDGER],
+        lambda: this_node(runtime),
+        url=settings.peer_url,
+        port=settings.port,
+    )
+    app[keys.PEERS] = peers
+    app[keys.DAEMONS].remote_exec = peers.exec_on
+    try:
+        async with owned_task(peers.run(), "peer-registry"):
+            yield
+    finally:
+        await peers.close()
+
+
 async def _channels(app: web.Application) -> AsyncIterator[None]:
     """PyCloud's Redis channels, when `REDIS_URL` is set: a second front door
     to the daemon and token services (an owned task)."""
@@ -187,7 +219,7 @@ async def _metering(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     # On a Swarm the replicas share the instance: one of them meters at a time.
     lease = (
-        MeterLease(f"meter:{app[keys.INSTANCE]}", f"{socket.gethostname()}-{secrets.token_hex(4)}")
+        MeterLease(f"meter:{app[keys.INSTANCE]}", app[keys.REPLICA])
         if settings.runtime == "swarm"
         else None
     )

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..minions import MinionService
     from ..openapi import Docs
+    from ..peers import PeerService
     from ..proxy.upstreams import Upstreams
     from ..reconcile import Reconciler
     from ..relay import Relay
@@ -33,6 +34,8 @@ LEDGER: web.AppKey[Ledger] = web.AppKey("ledger")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 INSTANCE: web.AppKey[str] = web.AppKey("instance")
+# This process among a cluster's replicas (the metering lease, the peer registry).
+REPLICA: web.AppKey[str] = web.AppKey("replica")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 MINIONS: web.AppKey[MinionService] = web.AppKey("minions")
@@ -48,3 +51,5 @@ TICKETS: web.AppKey[AttachTickets] = web.AppKey("tickets")
 # Every resource's OpenAPI docs (`herder.api.DOCS`), for `/openapi.json`.
 API_DOCS: web.AppKey[tuple[Docs, ...]] = web.AppKey("api_docs")
 CHANNELS: web.AppKey[ChannelService] = web.AppKey("channels")
+# The herder-to-herder channel; only with `CLUSTER_SECRET`.
+PEERS: web.AppKey[PeerService] = web.AppKey("peers")

@@ -27,6 +27,7 @@ from . import migrate
 from .engine import make_engines
 from .leases import Leases
 from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
+from .peers import Peers
 from .registry import TickResult, WorkloadRegistry, accrual
 
 __all__ = [
@@ -63,7 +64,7 @@ class Usage:
     charges: list[Charge]
 
 
-class Ledger(WorkloadRegistry, Leases):
+class Ledger(WorkloadRegistry, Leases, Peers):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine, self.read_engine = make_engines(url)
