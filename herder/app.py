@@ -32,7 +32,7 @@ from .metering import Meter, MeterLease
 from .metrics import Metrics
 from .minions import MinionService
 from .node import running_counts
-from .peers import PeerAuth, PeerService, this_node
+from .peers import PeerAuth, PeerService, RelayDirectory, this_node
 from .proxy.upstreams import Upstreams
 from .reconcile import Reconciler
 from .relay import Relay
@@ -149,7 +149,8 @@ async def _daemons(app: web.Application) -> AsyncIterator[None]:
 
 async def _peers(app: web.Application) -> AsyncIterator[None]:
     """The herder-to-herder channel, with `CLUSTER_SECRET`: this replica in
-    the peer registry (an owned task) and exec carried to other nodes."""
+    the peer registry (an owned task), exec carried to other nodes, and the
+    relay's directory of golems across replicas."""
     settings = app[keys.SETTINGS]
     if not settings.cluster_secret:
         if settings.runtime == "swarm":
@@ -168,6 +169,9 @@ async def _peers(app: web.Application) -> AsyncIterator[None]:
     )
     app[keys.PEERS] = peers
     app[keys.DAEMONS].remote_exec = peers.exec_on
+    app[keys.RELAY_PEERS] = RelayDirectory(
+        app[keys.LEDGER], peers, app[keys.INSTANCE], app[keys.RELAY]
+    )
     try:
         async with owned_task(peers.run(), "peer-registry"):
             yield

@@ -37,6 +37,7 @@ from aiohttp import WSMsgType, web
 
 from .errors import HerderError, ServiceUnavailable, Unauthorized
 from .ledger import Ledger
+from .relay import MAX_FRAME_BYTES, Relay
 from .runtime.base import NodeInfo, OnAnotherNode, Runtime
 
 log = logging.getLogger("herder.peers")
@@ -421,3 +422,72 @@ async def _close(
     with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
         async with asyncio.timeout(5):
             await ws.close(code=code, message=reason.encode()[:120])
+
+
+# -- the relay across replicas ------------------------------------------------------
+
+RELAY_TTL = TTL
+
+
+class RelayDirectory:
+    """Which replica holds each webstrate's golem control socket: a lease
+    `relay:<instance>:<webstrate>` in the ledger, taken with the socket,
+    renewed on every heartbeat and given up when it closes. A minion's
+    socket or a golem's data channel that lands on another replica is
+    carried to the holder's `/peer/v1/minion/...` and
+    `/peer/v1/connect-to/...`."""
+
+    def __init__(self, ledger: Ledger, peers: PeerService, instance: str, relay: Relay) -> None:
+        self.ledger = ledger
+        self.peers = peers
+        self.instance = instance
+        self.relay = relay
+        peers.renewals.append(self.renew)
+
+    def _lease(self, webstrate: str) -> str:
+        return f"relay:{self.instance}:{webstrate}"
+
+    async def claim(self, webstrate: str) -> bool:
+        """Hold the webstrate's golem for this replica; False when another live one does."""
+        return await self.ledger.acquire_lease(
+            self._lease(webstrate), self.peers.replica, RELAY_TTL
+        )
+
+    async def release(self, webstrate: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.ledger.release_lease(self._lease(webstrate), self.peers.replica)
+
+    async def renew(self) -> None:
+        for webstrate in self.relay.webstrates():
+            await self.claim(webstrate)
+
+    async def holder(self, webstrate: str) -> str | None:
+        """The URL of the other replica holding the webstrate's golem, if one does."""
+        replica = await self.ledger.lease_holder(self._lease(webstrate))
+        if replica is None or replica == self.peers.replica:
+            return None
+        return await self.peers.url_of(replica)
+
+    async def minion_socket(
+        self, base: str, webstrate: str, minion_type: str
+    ) -> aiohttp.ClientWebSocketResponse:
+        return await self.peers.websocket(
+            base,
+            f"/peer/v1/minion/{webstrate}",
+            {"type": minion_type},
+            "",
+            where=f"holding the golem of {webstrate}",
+            max_msg_size=MAX_FRAME_BYTES,
+        )
+
+    async def channel_socket(
+        self, base: str, webstrate: str, minion: str, key: str
+    ) -> aiohttp.ClientWebSocketResponse:
+        return await self.peers.websocket(
+            base,
+            f"/peer/v1/connect-to/{webstrate}/{minion}",
+            {"key": key},
+            "",
+            where=f"holding the golem of {webstrate}",
+            max_msg_size=MAX_FRAME_BYTES,
+        )

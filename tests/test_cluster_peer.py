@@ -160,3 +160,53 @@ async def test_a_node_whose_replica_is_gone_gives_a_clear_503(lab: Lab) -> None:
         await eventually(reached, 20, "exec reaches the node's new replica")
     finally:
         await kill(lab, tok, "far")
+
+
+async def test_the_relay_works_across_replicas(lab: Lab) -> None:
+    """The golem's control socket on one replica, its minion on another and
+    its data channel on the third; frames both ways, text and binary."""
+    webstrate = f"lab-{secrets.token_hex(3)}"
+    status, golem = await call("POST", f"{lab.replicas[0]}/golem/v1/spawn/{webstrate}")
+    assert status in (200, 201), golem
+    try:
+        env = json.loads(
+            await asyncio.to_thread(
+                lab.docker,
+                "service",
+                "inspect",
+                "--format",
+                "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+                golem["Name"],
+            )
+        )
+        page = next(e.split("=", 1)[1] for e in env if e.startswith("GOLEM_URL="))
+        key = page.split("#herder-golem-key=", 1)[1]  # what the golem's page would read
+        ws = [url.replace("http://", "ws://") for url in lab.replicas]
+        async with aiohttp.ClientSession() as session:
+            control = await session.ws_connect(f"{ws[0]}/golem/v1/connect/{webstrate}?key={key}")
+            minion = await session.ws_connect(f"{ws[1]}/minion/v1/connect/{webstrate}?type=lab")
+            announced = json.loads((await control.receive(timeout=15)).data)
+            assert (announced["Event"], announced["Type"]) == ("minion-connected", "lab")
+            path = f"/golem/v1/connect-to/{webstrate}/{announced['ID']}"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(f"{ws[2]}{path}?key=wrong")
+            assert refused.value.status == 401
+            channel = await session.ws_connect(f"{ws[2]}{path}?key={key}")
+            assert json.loads((await minion.receive(timeout=15)).data) == {
+                "Event": "golem-connected"
+            }
+            await minion.send_str("to the golem")
+            assert (await channel.receive(timeout=15)).data == "to the golem"
+            await channel.send_bytes(b"\x00to the minion")
+            msg = await minion.receive(timeout=15)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.BINARY, b"\x00to the minion")
+            await control.close()
+            assert json.loads((await minion.receive(timeout=15)).data) == {
+                "Event": "golem-disconnected"
+            }
+            await channel.close()
+            await minion.close()
+    finally:
+        status, body = await call("POST", f"{lab.replicas[1]}/golem/v1/kill/{webstrate}")
+        assert status == 200, body
+    assert lab.services() == []

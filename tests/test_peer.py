@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from herder.api import keys as appkeys
 from herder.errors import SettingsError, Unauthorized
 from herder.peers import HEADER_SIGNATURE, HEADER_SUBJECT, HEADER_TIME, MAX_SKEW, PeerAuth
 from herder.settings import Settings
 
-from .conftest import TokenMaker, auth, make_settings
+from .conftest import TokenMaker, auth, eventually, make_settings
 from .daemon_fixtures import Daemons
 from .images import ensure_cat_image
 
@@ -163,3 +164,103 @@ async def test_without_a_cluster_secret_the_peer_routes_are_off(
     signed = PeerAuth(SECRET, "peer").sign("POST", "/peer/v1/exec", subject="x", body=b"{}")
     status, answer = await _status(await client.post("/peer/v1/exec", data=b"{}", headers=signed))
     assert status == 403 and "CLUSTER_SECRET" in answer["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _receive(ws: aiohttp.ClientWebSocketResponse) -> Any:
+    msg = await ws.receive(timeout=10)
+    assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
+    return msg.data
+
+
+async def _event(ws: aiohttp.ClientWebSocketResponse) -> Any:
+    return json.loads(await _receive(ws))
+
+
+@pytest.mark.docker
+async def test_the_relay_works_across_two_replicas(tmp_path: Path) -> None:
+    """Two herders, one ledger: the golem's control socket on one, its minions
+    (waiting before it came, and after) and its data channels on the other."""
+    from herder.app import create_app
+
+    database = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    instance = make_settings(tmp_path / "r0").data_dir / "instance-id"
+    servers: list[TestServer] = []
+    try:
+        for i in range(2):
+            port = _free_port()
+            data = tmp_path / f"r{i}"
+            data.mkdir(exist_ok=True)
+            (data / "instance-id").write_text(instance.read_text())  # one herder
+            settings = make_settings(
+                data,
+                database_url=database,
+                cluster_secret=SECRET,
+                golem_open_control=True,
+                golem_wait=10,
+                port=port,
+                peer_url=f"http://127.0.0.1:{port}",
+            )
+            server = TestServer(create_app(settings), host="127.0.0.1", port=port)
+            await server.start_server()  # one after the other: one migrates
+            servers.append(server)
+        ledger = servers[0].app[appkeys.LEDGER]
+        other = servers[1].app[appkeys.REPLICA]
+
+        async def registered() -> bool:
+            return await ledger.peer_url(other) is not None
+
+        await eventually(registered, 10, "both replicas are in the peer registry")
+        one, two = (f"ws://127.0.0.1:{s.port}" for s in servers)
+        webstrate = f"across-{secrets.token_hex(3)}"
+        async with aiohttp.ClientSession() as session:
+            early = await session.ws_connect(f"{two}/minion/v1/connect/{webstrate}?type=early")
+            await early.send_str("sent while waiting")
+            control = await session.ws_connect(f"{one}/golem/v1/connect/{webstrate}")
+            first = await _event(control)
+            assert (first["Event"], first["Type"]) == ("minion-connected", "early")
+            late = await session.ws_connect(f"{two}/minion/v1/connect/{webstrate}?type=late")
+            second = await _event(control)
+            assert (second["Event"], second["Type"]) == ("minion-connected", "late")
+            # A second control socket for the webstrate, on the other replica: 409.
+            with pytest.raises(aiohttp.WSServerHandshakeError) as taken:
+                await session.ws_connect(f"{two}/golem/v1/connect/{webstrate}")
+            assert taken.value.status == 409
+            # Data channels opened on the minions' replica reach the golem's.
+            channel = await session.ws_connect(
+                f"{two}/golem/v1/connect-to/{webstrate}/{first['ID']}"
+            )
+            assert await _event(early) == {"Event": "golem-connected"}
+            assert await _receive(channel) == "sent while waiting"
+            await early.send_bytes(b"\x00binary up")
+            assert await _receive(channel) == b"\x00binary up"
+            await channel.send_str("text down")
+            assert await _receive(early) == "text down"
+            await channel.send_bytes(b"\xffbinary down")
+            assert await _receive(early) == b"\xffbinary down"
+            channel2 = await session.ws_connect(
+                f"{one}/golem/v1/connect-to/{webstrate}/{second['ID']}"
+            )
+            assert await _event(late) == {"Event": "golem-connected"}
+            await late.send_str("late hello")
+            assert await _receive(channel2) == "late hello"
+            # The minion leaves: its golem hears of it across the replicas.
+            await early.close()
+            gone = await _event(control)
+            assert gone == {"Event": "minion-disconnected", "ID": first["ID"]}
+            assert await _event(channel) == gone
+            # The golem leaves: its minions on the other replica are told and closed.
+            await control.close()
+            assert await _event(late) == {"Event": "golem-disconnected"}
+            msg = await late.receive(timeout=10)
+            assert (msg.type, late.close_code) == (aiohttp.WSMsgType.CLOSE, 1001)
+            await channel2.close()
+            await channel.close()
+    finally:
+        for server in reversed(servers):
+            await server.close()

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..minions import MinionService
     from ..openapi import Docs
-    from ..peers import PeerService
+    from ..peers import PeerService, RelayDirectory
     from ..proxy.upstreams import Upstreams
     from ..reconcile import Reconciler
     from ..relay import Relay
@@ -53,3 +53,5 @@ API_DOCS: web.AppKey[tuple[Docs, ...]] = web.AppKey("api_docs")
 CHANNELS: web.AppKey[ChannelService] = web.AppKey("channels")
 # The herder-to-herder channel; only with `CLUSTER_SECRET`.
 PEERS: web.AppKey[PeerService] = web.AppKey("peers")
+# Which replica holds each golem control socket; only with `CLUSTER_SECRET`.
+RELAY_PEERS: web.AppKey[RelayDirectory] = web.AppKey("relay_peers")

@@ -8,6 +8,10 @@ or done. What a peer asks is done here, never carried further:
   subject's daemon on this node; the exec result.
 - `WS /peer/v1/attach/{name}?tail=&binary=`: the attach socket of the
   signed subject's daemon on this node.
+- `WS /peer/v1/minion/{webstrate}?type=` and
+  `WS /peer/v1/connect-to/{webstrate}/{minion}?key=`: a relay minion's
+  socket and a golem's data channel, carried here from the replica they
+  reached, since the webstrate's golem control socket is here.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import json
 from aiohttp import web
 
 from ..errors import BadRequest, HerderError
-from ..openapi import Docs, Op, Param
+from ..openapi import WEBSTRATE, Docs, Op, Param
+from ..relay import MINION_TYPE_MAX, check_webstrate
 from . import keys
 from .attach import attach_query, serve_attach
 from .daemons import EXPECTED, parse_command
+from .relay import serve_channel, serve_minion
 
 routes = web.RouteTableDef()
 
@@ -62,6 +68,20 @@ async def peer_attach(request: web.Request) -> web.StreamResponse:
     return await serve_attach(request, daemon.container_id or daemon.container_name, tail, binary)
 
 
+@routes.get("/peer/v1/minion/{webstrate}")
+async def peer_minion(request: web.Request) -> web.WebSocketResponse:
+    await peer_subject(request)
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    return await serve_minion(request, webstrate, request.query.get("type", "")[:MINION_TYPE_MAX])
+
+
+@routes.get("/peer/v1/connect-to/{webstrate}/{minion}")
+async def peer_connect_to(request: web.Request) -> web.WebSocketResponse:
+    await peer_subject(request)
+    webstrate = check_webstrate(request.match_info["webstrate"])
+    return await serve_channel(request, webstrate, request.match_info["minion"])
+
+
 # -- OpenAPI docs of these routes (herder.openapi) ---------------------------------
 
 _SIGNED = (
@@ -87,6 +107,30 @@ docs: Docs = {
             websocket=True,
             params=(Param("name", "the daemon's container name", where="path"),),
             responses={101: "switching to the WebSocket", 404: "no such daemon", **_REFUSED},
+        )
+    },
+    "/peer/v1/minion/{webstrate}": {
+        "GET": Op(
+            "A relay minion's socket, for the golem connected here (from another replica)",
+            "cluster",
+            description=_SIGNED,
+            websocket=True,
+            params=(WEBSTRATE, Param("type", "the minion's type")),
+            responses={101: "switching to the WebSocket", 429: "too many minions", **_REFUSED},
+        )
+    },
+    "/peer/v1/connect-to/{webstrate}/{minion}": {
+        "GET": Op(
+            "A golem's data channel to a minion relayed here (from another replica)",
+            "cluster",
+            description=_SIGNED,
+            websocket=True,
+            params=(
+                WEBSTRATE,
+                Param("minion", "the minion's id", where="path"),
+                Param("key", "the golem's key"),
+            ),
+            responses={101: "switching to the WebSocket", 404: "unknown minion", **_REFUSED},
         )
     },
 }
