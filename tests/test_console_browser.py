@@ -447,12 +447,20 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.until(lambda: page.find(f"{golem} a").get_attribute("href") ==
                "http://127.0.0.1:9/console-ws", "the golem is not listed with its link")  # fmt: skip
     assert page.find(f"{golem} .connected").text == "not connected"
+    page.until(
+        lambda: page.text("golem-result") == "The golem of console-ws is running.", "no start"
+    )
     page.shot("golems")
     page.click(f"{golem} button:not(.danger)")  # reset
+    page.until(
+        lambda: page.text("golem-result") == "The golem of console-ws was restarted.", "no reset"
+    )
+    page.until(lambda: page.find(f"{golem} .state").text == "running", "not running after reset")
     page.click(f"{golem} button.danger")  # kill
     page.until(lambda: page.visible("#confirm"), "no confirmation")
     page.find("#confirm-ok").click()
     page.until(lambda: page.visible("#golems-empty"), "the golem is still listed")
+    assert page.text("golem-result") == "The golem of console-ws was killed."
     page.go("node", "node")
     page.until(lambda: "CPU Count" in page.text("node-table"), "no node specs")
     node = page.until(lambda: page.find("#nodes-table tbody tr"), "no nodes table")
