@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import migrate
 from .engine import make_engines
+from .holds import CreditHold, HoldRows, StreamHold
 from .leases import Leases
-from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
+from .models import Account, Charge, Grant, Hold, MeterPosition, Revocation, Workload
 from .registry import TickResult, WorkloadRegistry, accrual
 
 __all__ = [
@@ -35,9 +36,12 @@ __all__ = [
     "Usage",
     "Account",
     "Charge",
+    "CreditHold",
     "Grant",
+    "Hold",
     "MeterPosition",
     "Revocation",
+    "StreamHold",
     "TickResult",
     "Workload",
 ]
@@ -63,7 +67,7 @@ class Usage:
     charges: list[Charge]
 
 
-class Ledger(WorkloadRegistry, Leases):
+class Ledger(WorkloadRegistry, Leases, HoldRows):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine, self.read_engine = make_engines(url)
