@@ -580,7 +580,7 @@
     every(5000, listGolems);
   }
 
-  const GOLEM_DONE = { spawn: "running", reset: "restarted", kill: "killed" };
+  const GOLEM_DONE = { spawn: "started", reset: "restarted", kill: "killed" };
 
   async function golemAction(verb, webstrate) {
     const result = $("golem-result");
@@ -594,8 +594,7 @@
         err.message;
       throw err;
     }
-    result.textContent = "The golem of " + webstrate + " " + (verb === "spawn" ? "is " : "was ") +
-      GOLEM_DONE[verb] + ".";
+    result.textContent = "The golem of " + webstrate + " was " + GOLEM_DONE[verb] + ".";
     await listGolems();
   }
 
