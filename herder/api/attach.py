@@ -52,7 +52,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
     if bound is not None and bound != daemon.container_name:
         raise Unauthorized("this attach ticket is for another daemon")
     tail, binary = attach_query(request)
-    with request.app[keys.STREAMS].hold(claims.sub):
+    async with request.app[keys.STREAMS].hold(claims.sub):
         try:
             return await serve_attach(
                 request, daemon.container_id or daemon.container_name, tail, binary

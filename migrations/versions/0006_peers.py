@@ -4,16 +4,16 @@ Each replica of a cluster (`CLUSTER_SECRET`) renews its row every few
 seconds; the others find the replica on a node (attach, exec) or a given
 replica (the relay) by it. A row not renewed expires.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-02
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
