@@ -40,7 +40,9 @@ async def test_attach_and_exec_reach_a_daemon_on_each_node_through_each_replica(
     names = [f"sh{i}" for i in range(3)]
     try:
         for i, name in enumerate(names):  # a shell reading its stdin, on node i
-            status, body = await spawn(lab, i, tok, name=name, image=BUSYBOX, node=NODES[i])
+            status, body = await spawn(
+                lab, i, tok, name=name, image=BUSYBOX, node=NODES[i], group="shells"
+            )
             assert status == 200 and body["Node"]["Hostname"] == NODES[i], body
         async with aiohttp.ClientSession() as session:
             for r, replica in enumerate(lab.replicas):
@@ -56,6 +58,17 @@ async def test_attach_and_exec_reach_a_daemon_on_each_node_through_each_replica(
                     async with session.ws_connect(attach_url(replica, name), headers=headers) as ws:
                         await ws.send_str(f"echo typed {r}{i}\n")
                         assert f"typed {r}{i}\n" in await read_until(ws, f"typed {r}{i}\n")
+            # A group's exec reaches its daemon on every node.
+            status, results = await call(
+                "POST",
+                f"{lab.replicas[1]}/daemon/v1/exec?group=shells",
+                tok,
+                json={"cmd": ["sh", "-c", "echo group"]},
+            )
+            assert status == 200, results
+            assert sorted((r["Daemon"], r["ExitCode"], r["StdOut"]) for r in results) == [
+                (name, 0, "group\n") for name in names
+            ]
             # Binary frames both ways, through a replica on another node.
             url = attach_url(lab.replicas[0], names[2], "&binary=1")
             async with session.ws_connect(url, headers=headers) as ws:
