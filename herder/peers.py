@@ -56,6 +56,12 @@ HEARTBEAT = 3.0
 TTL = 10.0
 CONNECT_TIMEOUT = 5.0
 REFUSED = "peer requests need a valid signature under the cluster secret"
+HEADER_REFUSED = "X-Herder-Peer-Refused"
+"""Sent with a refused signature, so the sender tells it from its client's 401."""
+
+
+def _refusal() -> Unauthorized:
+    return Unauthorized(REFUSED, headers={HEADER_REFUSED: "1"})
 
 
 class PeerAuth:
@@ -111,14 +117,14 @@ class PeerAuth:
         given = headers.get(HEADER_SIGNATURE, "")
         expected = self._mac(method, path, query, fields, body)
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise Unauthorized(REFUSED)
+            raise _refusal()
         now = time.time() if now is None else now
         try:
             sent = float(fields[1])
         except ValueError:
-            raise Unauthorized(REFUSED) from None
+            raise _refusal() from None
         if not abs(now - sent) <= MAX_SKEW:
-            raise Unauthorized(REFUSED)
+            raise _refusal()
         self._remember(fields[2], now)
         return fields[3]
 
@@ -127,7 +133,7 @@ class PeerAuth:
         if len(self._nonces) >= MAX_NONCES // 2:
             self._nonces = {n: t for n, t in self._nonces.items() if now - t <= 2 * MAX_SKEW}
         if nonce in self._nonces or len(self._nonces) >= MAX_NONCES:
-            raise Unauthorized(REFUSED)
+            raise _refusal()
         self._nonces[nonce] = now
 
 
@@ -291,7 +297,7 @@ class PeerService:
                 timeout=aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT),
             ) as response:
                 text = await response.text()
-                status = response.status
+                status, refused = response.status, HEADER_REFUSED in response.headers
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _unreachable(where) from exc
         try:
@@ -300,7 +306,7 @@ class PeerService:
             answer = None
         if status == 200 and answer is not None:
             return answer
-        raise _refused(status, answer, where)
+        raise _refused(status, answer, where, signature=refused)
 
     async def websocket(
         self,
@@ -323,7 +329,8 @@ class PeerService:
                 autoping=True,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            raise _refused(exc.status, None, where) from None
+            refused = exc.headers is not None and HEADER_REFUSED in exc.headers
+            raise _refused(exc.status, None, where, signature=refused) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _unreachable(where) from exc
 
@@ -332,8 +339,8 @@ def _unreachable(where: str) -> ServiceUnavailable:
     return ServiceUnavailable(f"the herder replica {where} is not reachable now")
 
 
-def _refused(status: int, answer: Any, where: str) -> HerderError:
-    if status in (401, 403):
+def _refused(status: int, answer: Any, where: str, *, signature: bool) -> HerderError:
+    if signature or status == 403:
         log.error(
             "the replica %s refused this one's signature: is CLUSTER_SECRET the same "
             "on every replica?",
