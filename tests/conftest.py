@@ -17,9 +17,11 @@ from typing import Any
 
 import aiodocker
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import BaseRunner, TestClient, TestServer
 
-from herder.app import create_app
+from herder import serving
+from herder.app import create_app, proxy_front
 from herder.ledger import Ledger
 from herder.settings import Settings
 from herder.signing import INSTANCE_FILE, load_keypair
@@ -73,6 +75,36 @@ async def client(
 ) -> AsyncIterator[TestClient[Any, Any]]:
     app = create_app(settings)
     yield await aiohttp_client(app)
+
+
+class ServedTestServer(TestServer):
+    """The app behind the server `herder serve` runs: its guards and the
+    proxy's front door (`herder.serving`), its keep-alive timeout, no
+    handler cancellation."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        super().__init__(app)
+        self.guards = serving.Guards.from_settings(settings, open_files=4096)
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs.pop("handler_cancellation", None)
+        return serving.GuardedRunner(
+            self.app,
+            self.guards,
+            proxy_front(self.app),
+            access_log=None,
+            keepalive_timeout=serving.KEEPALIVE_TIMEOUT,
+            **kwargs,
+        )
+
+
+@pytest.fixture
+async def served_client(
+    settings: Settings, aiohttp_client: Callable[..., Any]
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """`client`, through the server `herder serve` runs (`ServedTestServer`)."""
+    app = create_app(settings)
+    yield await aiohttp_client(ServedTestServer(app, settings))
 
 
 TokenMaker = Callable[..., str]
