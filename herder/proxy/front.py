@@ -58,7 +58,8 @@ from .forward import (
     upstream_failure,
     upstream_headers,
 )
-from .lean import UpstreamUnreachable
+from .lean import UpstreamResponse, UpstreamUnreachable
+from .links import Link
 from .origins import daemon_on_host
 from .upstreams import Upstreams
 
@@ -196,6 +197,7 @@ class ProxyFront:
         self.proxy_domain = proxy_domain
         self.metrics = metrics
         self.enabled = enabled
+        self.served = 0  # requests the front door answered itself
         self.upstreams: Upstreams | None = None
         self.load: Callable[[str], Awaitable[RunningDaemon | None]] | None = None
 
@@ -215,8 +217,26 @@ class ProxyFront:
         return FrontConnection(self, door)
 
 
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """One request on its way, from its head to its log line."""
+
+    request: FrontRequest
+    started: float
+    daemon: RunningDaemon | None = None
+    head: bytes = b""  # to the daemon
+    returned: int = 0
+    retried: bool = False
+    answered: bool = False  # a byte of the answer is written
+
+
 class FrontConnection(asyncio.Protocol):
-    """One client connection, while the front door answers its requests."""
+    """One client connection, while the front door answers its requests.
+
+    A request for a daemon in the lookup cache with an idle link goes out
+    at once and is answered from the link's callbacks (`Exchange`); the
+    others take a task first (the lookup, a new connection), and so do
+    bodies streamed piece by piece."""
 
     def __init__(self, front: ProxyFront, door: Door) -> None:
         self._front = front
@@ -225,7 +245,9 @@ class FrontConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._remote = ""
         self._buffer = bytearray()
+        self._flight: _Flight | None = None
         self._task: asyncio.Task[None] | None = None
+        self._link: Link | None = None  # carrying the flight's exchange
         self._first = True
         self._gone = False  # the connection is lost, or handed over
         self._closing = False  # no further request is taken
@@ -233,9 +255,9 @@ class FrontConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._drained: asyncio.Future[None] | None = None
+        self._landed: asyncio.Future[None] | None = None  # shutdown waits for the flight
         self._idle_until = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
-        self._answered = False  # a byte of the current answer is written
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -253,7 +275,7 @@ class FrontConnection(asyncio.Protocol):
         if self._gone or self._closing:
             return
         self._buffer += data
-        if self._task is None:
+        if self._flight is None:
             self._next()
         elif len(self._buffer) > BUFFER_LIMIT and not self._reading_paused:
             self._reading_paused = True
@@ -263,7 +285,7 @@ class FrontConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         # A request being answered still gets its answer; then the connection closes.
-        return self._task is not None
+        return self._flight is not None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         # (Not called once handed over: the transport has another protocol then.)
@@ -302,72 +324,81 @@ class FrontConnection(asyncio.Protocol):
         if self._first:
             self._first = False
             self._door.head_received(self)
-        self._task = self._loop.create_task(self._serve(request))
+        flight = self._flight = _Flight(request, time.monotonic())
+        if not self._fast(flight):
+            self._task = self._loop.create_task(self._prepare(flight))
 
-    async def _serve(self, request: FrontRequest) -> None:
+    def _fast(self, flight: _Flight) -> bool:
+        """Send at once if the daemon is cached and a link to it is idle."""
+        upstreams = self._front.upstreams
+        if upstreams is None:
+            return False
+        daemon = upstreams.cached(flight.request.name)
+        if daemon is None or daemon.first_port is None or not daemon.address:
+            return False
+        flight.daemon = daemon
+        if not self._make_head(flight, daemon):
+            return False
+        link = upstreams.links.idle(daemon.address, daemon.first_port)
+        if link is None:
+            return False
+        self._send(flight, link, upstreams)
+        return True
+
+    async def _prepare(self, flight: _Flight) -> None:
+        """The way to a link that takes waiting: the daemon looked up, a new connection."""
+        request = flight.request
         REQUEST_ID.set(request.request_id)
-        started = time.monotonic()
-        status = 500
         try:
-            status = await self._answer(request)
+            front = self._front
+            upstreams, load = front.upstreams, front.load
+            if upstreams is None or load is None:
+                self._hand_over(request.raw)
+                return
+            daemon = flight.daemon
+            if daemon is None:
+                name = request.name
+                daemon = upstreams.cached(name) or await upstreams.lookup(name, lambda: load(name))
+                if self._gone:
+                    self._finish(flight, CLIENT_CLOSED)
+                    return
+                if daemon is None or daemon.first_port is None or not daemon.address:
+                    self._hand_over(request.raw)  # the route says 404, or finds a caller's own
+                    return
+                flight.daemon = daemon
+            if not flight.head and not self._make_head(flight, daemon):
+                self._hand_over(request.raw)  # a header the route refuses
+                return
+            assert daemon.first_port is not None
+            link = (
+                None if flight.retried else upstreams.links.idle(daemon.address, daemon.first_port)
+            )
+            if link is None:
+                try:
+                    link = await upstreams.links.connect(
+                        daemon.address, daemon.first_port, upstreams.connect_timeout
+                    )
+                except (TimeoutError, OSError) as exc:
+                    if isinstance(exc, UpstreamUnreachable):
+                        upstreams.forget(daemon.container_name)
+                    self._error(flight, upstream_failure(exc, daemon.address))
+                    return
+            if self._gone:
+                upstreams.links.release(link)
+                self._finish(flight, CLIENT_CLOSED)
+                return
+            self._task = None  # the link carries on
+            self._send(flight, link, upstreams)
         except asyncio.CancelledError:
-            status = CLIENT_CLOSED
-            self._close()
+            self._finish(flight, CLIENT_CLOSED, close=True)
             raise
         except Exception:
-            log_path = _log_path(request.path)
-            request_log.exception("unhandled error in %s %s", request.method, log_path)
-            if not self._answered:
-                self._write(
-                    _json_answer(
-                        500,
-                        {"error": "internal error", "request_id": request.request_id},
-                        {},
-                        request,
-                    )
-                )
-            self._close()
-        finally:
-            self._task = None
-            if status != _HANDED_OVER:
-                log_request(
-                    request.method,
-                    _log_path(request.path),
-                    status,
-                    time.monotonic() - started,
-                    request.request_id,
-                )
-                self._front.metrics.request(request.method, status)
-        if status == _HANDED_OVER or self._gone:
-            return
-        if not request.keep_alive or (self._eof and not self._buffer):
-            self._close()
-            return
-        if self._reading_paused:
-            self._reading_paused = False
-            assert self._transport is not None
-            self._transport.resume_reading()
-        self._idle_until = self._loop.time() + self._door.keepalive_timeout
-        if self._idle_timer is None:
-            self._idle_timer = self._loop.call_at(self._idle_until, self._idle_check)
-        if self._buffer or self._eof:
-            self._next()
+            self._crash(flight)
 
-    async def _answer(self, request: FrontRequest) -> int:
-        """Answer `request` (or hand it over); its status for the log."""
-        front = self._front
-        upstreams = front.upstreams
-        if upstreams is None or front.load is None:
-            self._hand_over(request.raw)
-            return _HANDED_OVER
-        load = front.load
-        name = request.name
-        daemon = upstreams.cached(name) or await upstreams.lookup(name, lambda: load(name))
-        if self._gone:
-            return CLIENT_CLOSED
-        if daemon is None or daemon.first_port is None or not daemon.address:
-            self._hand_over(request.raw)  # the route says 404, or finds a caller's own
-            return _HANDED_OVER
+    def _make_head(self, flight: _Flight, daemon: RunningDaemon) -> bool:
+        """The request head to the daemon, by the route's header rules."""
+        assert daemon.first_port is not None
+        request = flight.request
         headers = upstream_headers(
             request.headers, self._remote, "http", request.host, request.prefix, False
         )
@@ -380,79 +411,165 @@ class FrontConnection(asyncio.Protocol):
             headers,
         )
         if head is None:
-            self._hand_over(request.raw)
-            return _HANDED_OVER
-        self._answered = False
-        returned = 0
-        try:
-            try:
-                upstream = await upstreams.pool.request(
-                    daemon.address,
-                    daemon.first_port,
-                    head,
-                    head_request=request.method == "HEAD",
-                    connect_timeout=upstreams.connect_timeout,
-                    read_timeout=upstreams.read_timeout,
-                )
-            except LEAN_FAILURES.reading as exc:
-                if isinstance(exc, UpstreamUnreachable):
-                    upstreams.forget(daemon.container_name)
-                return self._error(upstream_failure(exc, daemon.address), request)
-            try:
-                length = upstream.content_length
-                out: CIMultiDict[str] = CIMultiDict()
-                if length is not None and length <= CHUNK and request.method != "HEAD":
-                    try:
-                        content = await upstream.body.read_all()
-                    except LEAN_FAILURES.reading as exc:
-                        return self._error(upstream_failure(exc, daemon.address), request)
-                    copy_downstream_headers(
-                        upstream.headers, daemon, request.prefix, out, length=False
-                    )
-                    returned = len(content)
-                    self._write(
-                        _response_head(upstream.status, upstream.reason, out, request, returned)
-                        + content
-                    )
-                    return upstream.status
-                copy_downstream_headers(upstream.headers, daemon, request.prefix, out, length=True)
-                head_bytes, chunked = _stream_head(upstream.status, upstream.reason, out, request)
-                self._write(head_bytes)
-                try:
-                    async for chunk in upstream.body.chunks(CHUNK):
-                        if self._gone:
-                            break
-                        returned += len(chunk)
-                        if chunked:
-                            self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                        else:
-                            self._write(chunk)
-                        if self._writing_paused:
-                            await self._drain()
-                    else:
-                        if chunked:
-                            self._write(b"0\r\n\r\n")
-                except LEAN_FAILURES.gone:
-                    pass  # the caller went away; closing the upstream drops the daemon's side
-                except LEAN_FAILURES.broken as exc:
-                    log.info("upstream %s broke off: %r", daemon.address, exc)
-                    self._close()
-                return upstream.status
-            finally:
-                upstream.close()
-        finally:
-            front.metrics.proxied(0, returned)
+            return False
+        flight.head = head
+        return True
 
-    def _error(self, exc: HerderError, request: FrontRequest) -> int:
-        self._write(_json_answer(exc.status, exc.payload(), exc.headers, request))
-        return exc.status
+    def _send(self, flight: _Flight, link: Link, upstreams: Upstreams) -> None:
+        self._link = link
+        link.send(
+            flight.head,
+            self,
+            head_request=flight.request.method == "HEAD",
+            read_timeout=upstreams.read_timeout,
+        )
+
+    # -- the link's answers (`Exchange`) ------------------------------------------------
+
+    def answered(
+        self,
+        status: int,
+        reason: str,
+        headers: CIMultiDict[str],
+        length: int | None,
+        body: bytes | None,
+    ) -> None:
+        flight = self._flight
+        self._link = None
+        if flight is None or flight.daemon is None:
+            return
+        request = flight.request
+        out: CIMultiDict[str] = CIMultiDict()
+        if body is not None:
+            copy_downstream_headers(headers, flight.daemon, request.prefix, out, length=False)
+            flight.returned = len(body)
+            self._write(flight, _response_head(status, reason, out, request, len(body)) + body)
+        else:
+            copy_downstream_headers(headers, flight.daemon, request.prefix, out, length=True)
+            self._write(flight, _stream_head(status, reason, out, request)[0])
+        self._finish(flight, status)
+
+    def streaming(self, response: UpstreamResponse) -> None:
+        flight = self._flight
+        self._link = None
+        if flight is None:
+            response.close()
+            return
+        self._task = self._loop.create_task(self._stream(flight, response))
+
+    def failed(self, exc: BaseException, retry: bool) -> None:
+        flight = self._flight
+        self._link = None
+        if flight is None or flight.daemon is None:
+            return
+        if retry and not flight.retried:  # a kept-alive link the daemon had closed
+            flight.retried = True
+            self._task = self._loop.create_task(self._prepare(flight))
+            return
+        context = REQUEST_ID.set(flight.request.request_id)
+        try:
+            error = upstream_failure(exc, flight.daemon.address)
+        finally:
+            REQUEST_ID.reset(context)
+        self._error(flight, error)
+
+    async def _stream(self, flight: _Flight, upstream: UpstreamResponse) -> None:
+        """An answer whose body is passed on piece by piece, as it comes."""
+        request, daemon = flight.request, flight.daemon
+        assert daemon is not None
+        REQUEST_ID.set(request.request_id)
+        status = upstream.status
+        try:
+            out: CIMultiDict[str] = CIMultiDict()
+            copy_downstream_headers(upstream.headers, daemon, request.prefix, out, length=True)
+            head, chunked = _stream_head(status, upstream.reason, out, request)
+            self._write(flight, head)
+            try:
+                async for chunk in upstream.body.chunks(CHUNK):
+                    if self._gone:
+                        break
+                    flight.returned += len(chunk)
+                    self._write(flight, b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    if self._writing_paused:
+                        await self._drain()
+                else:
+                    if chunked:
+                        self._write(flight, b"0\r\n\r\n")
+            except LEAN_FAILURES.gone:
+                pass  # the caller went away; closing the upstream drops the daemon's side
+            except LEAN_FAILURES.broken as exc:
+                # A cut body must not look whole: the caller's connection ends unclean.
+                log.info("upstream %s broke off: %r", daemon.address, exc)
+                self._close()
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            self._close()
+            raise
+        except Exception:
+            status = 500
+            self._crash(flight)
+        finally:
+            upstream.close()
+            self._finish(flight, status)
+
+    def _error(self, flight: _Flight, exc: HerderError) -> None:
+        """The answer to a request the daemon did not answer: JSON, as the route's."""
+        self._write(flight, _json_answer(exc.status, exc.payload(), exc.headers, flight.request))
+        self._finish(flight, exc.status)
+
+    def _crash(self, flight: _Flight) -> None:
+        request = flight.request
+        request_log.exception("unhandled error in %s %s", request.method, _log_path(request.path))
+        if not flight.answered:
+            payload = {"error": "internal error", "request_id": request.request_id}
+            self._write(flight, _json_answer(500, payload, {}, request))
+        self._close()
+        self._finish(flight, 500)
+
+    def _finish(self, flight: _Flight, status: int, *, close: bool = False) -> None:
+        """The flight's log line and metrics; then the next request, if any."""
+        if self._flight is not flight:
+            return  # finished already
+        self._flight = None
+        self._task = None
+        request = flight.request
+        log_request(
+            request.method,
+            _log_path(request.path),
+            status,
+            time.monotonic() - flight.started,
+            request.request_id,
+        )
+        front = self._front
+        front.metrics.request(request.method, status)
+        if flight.head:
+            front.metrics.proxied(0, flight.returned)
+        front.served += 1
+        if self._landed is not None and not self._landed.done():
+            self._landed.set_result(None)
+        if close or self._gone or self._closing or not request.keep_alive:
+            self._close()
+            return
+        if self._eof and not self._buffer:
+            self._close()
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+        self._idle_until = self._loop.time() + self._door.keepalive_timeout
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(self._idle_until, self._idle_check)
+        if self._buffer or self._eof:
+            self._next()
 
     # -- the connection -----------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
-        self._answered = True
-        if not self._gone and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+    def _write(self, flight: _Flight, data: bytes) -> None:
+        flight.answered = True
+        transport = self._transport
+        if not self._gone and transport is not None and not transport.is_closing():
+            transport.write(data)
 
     async def _drain(self) -> None:
         while self._writing_paused and not self._gone:
@@ -471,6 +588,8 @@ class FrontConnection(asyncio.Protocol):
     def _hand_over(self, raw: bytes) -> None:
         """aiohttp's request handler takes the connection, with `raw` and the buffer."""
         transport = self._transport
+        self._flight = None
+        self._task = None
         if self._gone or transport is None:
             return
         self._gone = True
@@ -493,12 +612,9 @@ class FrontConnection(asyncio.Protocol):
         """The keep-alive timer: a connection without a new request head
         within `keepalive_timeout` of its last answer is closed."""
         self._idle_timer = None
-        if self._gone or self._closing:
-            return
-        if self._task is not None:
-            return  # armed again when this answer is out
-        now = self._loop.time()
-        if now < self._idle_until:
+        if self._gone or self._closing or self._flight is not None:
+            return  # (armed again when this answer is out)
+        if self._loop.time() < self._idle_until:
             self._idle_timer = self._loop.call_at(self._idle_until, self._idle_check)
             return
         self._close()
@@ -509,23 +625,29 @@ class FrontConnection(asyncio.Protocol):
             self._idle_timer = None
 
     def close_idle(self) -> None:
+        """At server shutdown: no further request; closed at once when idle."""
         self._closing = True
-        if self._task is None:
+        if self._flight is None:
             self._close()
 
     async def shutdown(self, timeout: float | None) -> None:
-        """At server shutdown: no further request; the one being answered
-        gets `timeout` seconds, then is cancelled."""
+        """At server shutdown: the request being answered gets `timeout`
+        seconds, then is cancelled (logged as 499)."""
         self._closing = True
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        if self._flight is not None:
+            self._landed = self._loop.create_future()
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await asyncio.shield(task)
-            if not task.done():
+                    await self._landed
+        flight, task, link = self._flight, self._task, self._link
+        if flight is not None:
+            if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if link is not None:
+                link.abandon()
+            self._finish(flight, CLIENT_CLOSED, close=True)
         self._close()
 
 
