@@ -38,7 +38,7 @@ POSTGRES_URL = os.environ.get(
     "HERDER_TEST_POSTGRES_URL", "postgresql+asyncpg://herder:herder@127.0.0.1:5432/herder_test"
 )
 # Test modules whose tests run once on each event loop (see the hook below).
-UVLOOP_MODULES = frozenset({"test_proxy", "test_upstream"})
+UVLOOP_MODULES = frozenset({"test_proxy", "test_upstream", "test_front"})
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
