@@ -27,6 +27,7 @@ from .channels.service import ChannelService
 from .container_events import follow_events
 from .daemons import DaemonService
 from .golems import GolemService, render_emet
+from .holds import SharedHolds
 from .ledger import Ledger
 from .metering import Meter, MeterLease
 from .metrics import Metrics
@@ -106,14 +107,31 @@ async def _end_streams(app: web.Application) -> None:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
+    """The ledger and the token service. On PostgreSQL, which several herders
+    (a cluster's replicas) may share, credit holds and stream caps are rows
+    of the ledger (`herder.holds.SharedHolds`, renewed by an owned task);
+    on SQLite they stay in this process's memory."""
     settings = app[keys.SETTINGS]
     app[keys.INSTANCE] = instance_id(settings.data_dir)
+    app[keys.REPLICA] = f"{socket.gethostname()}-{secrets.token_hex(4)}"
     ledger = await Ledger.open(settings.database_url)
     keypair = load_keypair(settings.data_dir)
     app[keys.LEDGER] = ledger
     app[keys.TOKENS] = TokenService(keypair, settings, ledger)
-    yield
-    await ledger.close()
+    if ledger.dialect != "postgresql":
+        yield
+        await ledger.close()
+        return
+    holds = SharedHolds(ledger, app[keys.INSTANCE], app[keys.REPLICA])
+    app[keys.HOLDS] = holds
+    app[keys.STREAMS].shared = holds
+    try:
+        async with owned_task(holds.run(), "holds"):
+            yield
+        with contextlib.suppress(Exception):
+            await holds.close()
+    finally:
+        await ledger.close()
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
@@ -135,6 +153,7 @@ async def _minions(app: web.Application) -> AsyncIterator[None]:
         app[keys.RUNTIME],
         app[keys.INSTANCE],
         app[keys.METRICS],
+        holds=app.get(keys.HOLDS),
     )
     app[keys.MINIONS] = minions
     app[keys.METRICS].watch_minions(minions.figures)
@@ -198,7 +217,7 @@ async def _metering(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     # On a Swarm the replicas share the instance: one of them meters at a time.
     lease = (
-        MeterLease(f"meter:{app[keys.INSTANCE]}", f"{socket.gethostname()}-{secrets.token_hex(4)}")
+        MeterLease(f"meter:{app[keys.INSTANCE]}", app[keys.REPLICA])
         if settings.runtime == "swarm"
         else None
     )

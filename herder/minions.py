@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .admission import Admission, QueueFull
-from .errors import BadRequest, ImageNotFound, MinionTimeout, NoCredits, UnknownEnv
+from .errors import BadRequest, ImageNotFound, MinionTimeout, UnknownEnv
+from .holds import CreditHolds, MemoryHolds
 from .ledger import Ledger
 from .metrics import Metrics
 from .pool import MinionPool
@@ -216,6 +217,7 @@ class MinionService:
         runtime: Runtime,
         instance: str,
         metrics: Metrics | None = None,
+        holds: CreditHolds | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.settings = settings
@@ -224,8 +226,9 @@ class MinionService:
         self.instance = instance
         # Credits held by each subject's minions in flight: the most each
         # can cost. A run starts only when the balance covers what is held,
-        # so concurrent runs overdraw a subject by at most one run.
-        self._held: dict[str, int] = {}
+        # so concurrent runs overdraw a subject by at most one run (in this
+        # process's memory, or counted across herders: `herder.holds`).
+        self.holds: CreditHolds = holds or MemoryHolds(ledger)
         self.admission = Admission(settings.minion_concurrency, settings.minion_queue)
         self.pool = MinionPool(runtime, settings.minion_pool, self.run_spec, instance)
 
@@ -312,27 +315,10 @@ class MinionService:
         ran over its time and `QueueFull` (429) when too many runs wait."""
         image_for(self.settings, request.env)
         assert request.env is not None
-        balance = await self.ledger.balance(claims.sub)
-        if balance.remaining <= 0:
-            raise NoCredits(f"no credits left for {claims.sub}")
-        # No await between this check and the hold, so racing spawns see each other.
-        held = self._held.get(claims.sub, 0)
-        if held and balance.remaining - held <= 0:
-            raise NoCredits(
-                f"{balance.remaining} credits left, and the minions {claims.sub} "
-                f"runs already may cost {held}: wait for them to finish"
-            )
         most = credits_for(self.settings.minion_timeout, self.settings.credit_rate)[1]
-        self._held[claims.sub] = held + most
-        try:
+        async with self.holds.credits(claims.sub, most):
             async with self._run(claims, request) as run:
                 yield run
-        finally:
-            left = self._held[claims.sub] - most
-            if left:
-                self._held[claims.sub] = left
-            else:
-                del self._held[claims.sub]
 
     @contextlib.asynccontextmanager
     async def _run(self, claims: Claims, request: SpawnRequest) -> AsyncIterator[MinionRun]:

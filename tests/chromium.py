@@ -1,5 +1,6 @@
 """Real headless Chromium (Debian's, from scripts/ensure-chromium) driven over
-the DevTools protocol with aiohttp: navigate, evaluate, downloads."""
+the DevTools protocol with aiohttp: navigate, evaluate, downloads; and the
+launch flags and binary the Selenium tests use too."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+# The launch flags of every browser test, over DevTools here or through
+# Selenium (tests/test_console_browser.py): headless, and nothing that would
+# reach for a network this machine does not have.
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -26,13 +30,18 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--remote-debugging-port=0",
+    "--disable-dev-shm-usage",
 ]
 
 
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
 def chromium_binary() -> str:
+    """Debian's Chromium (and its ChromeDriver), installed by scripts/ensure-chromium
+    when either is missing."""
     found = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(found).exists():
+    if not Path(found).exists() or not Path(CHROMEDRIVER).exists():
         scripts = Path(__file__).resolve().parent.parent / "scripts" / "ensure-chromium"
         subprocess.run([str(scripts)], check=True, capture_output=True)
     return found
@@ -83,6 +92,7 @@ async def chromium(profile: Path) -> AsyncIterator[Page]:
     proc = await asyncio.create_subprocess_exec(
         chromium_binary(),
         *FLAGS,
+        "--remote-debugging-port=0",
         f"--user-data-dir={profile}",
         "about:blank",
         stdout=asyncio.subprocess.DEVNULL,

@@ -30,8 +30,13 @@ METHODS = {"get", "put", "post", "delete", "options", "head", "patch"}
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path / "data", daemon_bind_address="127.0.0.1")
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """A test herder's settings; on the ledger `database_url` gives when the
+    test asks for one (SQLite and PostgreSQL, by that fixture's params)."""
+    extra = {}
+    if "database_url" in request.fixturenames:
+        extra["database_url"] = request.getfixturevalue("database_url")
+    return make_settings(tmp_path / "data", daemon_bind_address="127.0.0.1", **extra)
 
 
 # -- pages ----------------------------------------------------------------------
@@ -123,6 +128,7 @@ async def test_config_names_public_facts(client: TestClient[Any, Any], settings:
         config = await resp.json()
     assert config["webstrates_url"] == settings.webstrates_url
     assert config["credit_rate"] == settings.credit_rate
+    assert config["proxy_domain"] == settings.proxy_domain == ""  # off unless set
 
 
 # -- the OpenAPI document -------------------------------------------------------------
@@ -241,7 +247,7 @@ async def test_a_ticket_is_for_one_daemon(
 
 @pytest.mark.docker
 async def test_charges_show_the_running_daemon_and_its_rate(
-    client: TestClient[Any, Any], cat: SpawnedDaemon, token: str
+    database_url: str, client: TestClient[Any, Any], cat: SpawnedDaemon, token: str
 ) -> None:
     async with client.get("/token/v1/charges", headers=auth(token)) as resp:
         assert resp.status == 200

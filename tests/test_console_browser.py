@@ -2,12 +2,17 @@
 chromedriver) against a real `herder serve` and the real Docker Engine.
 
 One browser session walks the flows a person would: sign in, spawn a daemon
-from the form (with an uploaded file), see it listed, open its proxied page,
-follow its logs, type into its terminal and read the echo, run a python
-minion in the playground, watch the balance fall while the daemon runs,
-kill it with a confirmation, and be sent back to the sign-in with a message
-by a bad token. A screenshot of each page goes to tests/artifacts/console/
-(git-ignored; the README's are copies in docs/console/).
+from the form (with an uploaded file), see it listed (node, age), open its
+proxied page, follow its logs and read their tail, type into its terminal
+and read the echo (also after the window shrinks, and after a reconnect,
+which replays the recent output first), run a python minion in the
+playground and download its output file, watch the balance fall while the
+daemon runs, drive a golem, read the node and nodes tables, kill it (cancel,
+kill keeping the data, kill with wipe), and be sent back to the sign-in with
+a message by a bad token. A second herder with `PROXY_DOMAIN` shows the
+port links to the daemons' own hosts. A screenshot of each page goes to
+tests/artifacts/console/ (git-ignored; the README's are copies in
+docs/console/).
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,18 +45,19 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from herder.signing import load_keypair
 from herder.tokens import TokenService
 
+from .chromium import CHROMEDRIVER, FLAGS, chromium_binary
 from .conftest import make_settings
-from .images import BUSYBOX_IMAGE, build_on_busybox, ensure_busybox_image
+from .images import build_on_busybox, ensure_busybox_image
 
 ROOT = Path(__file__).resolve().parent.parent
 HERDER = [sys.executable, "-m", "herder"]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
 DOWNLOADS = ARTIFACTS / "downloads"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 # A daemon serving /minion on port 80 and echoing its stdin to its stdout.
 WEB_IMAGE = "herder-test/busybox-console:1"
 WEB_CMD = ["sh", "-c", "httpd -p 80 -h /minion && echo daemon ready && exec cat"]
+# A golem stand-in that stays up (the page only lists and controls it).
+GOLEM_IMAGE = "herder-test/busybox-golem:1"
 WAIT = 30
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -72,7 +80,8 @@ class Herder:
         self.log = data_dir / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, **settings: str) -> None:
+        """Serve, with `settings` as `HERDER_*` variables on top of the test's own."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HERDER_")}
         env.update(
             HERDER_DATA_DIR=str(self.data_dir),
@@ -81,8 +90,9 @@ class Herder:
             HERDER_PUBLIC_URL=self.url,
             HERDER_DAEMON_BIND_ADDRESS="127.0.0.1",
             HERDER_WEBSTRATES_URL="http://127.0.0.1:9",
-            HERDER_GOLEM_IMAGE=BUSYBOX_IMAGE,  # a stand-in: the page only lists and controls it
+            HERDER_GOLEM_IMAGE=GOLEM_IMAGE,
         )
+        env.update({f"HERDER_{k.upper()}": v for k, v in settings.items()})
         with open(self.log, "wb") as log_file:
             self.proc = subprocess.Popen(
                 [*HERDER, "serve"], env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT
@@ -112,20 +122,52 @@ class Herder:
         service = TokenService(load_keypair(self.data_dir), self.settings, ledger=None)  # type: ignore[arg-type]
         return service.create(email, credits, 1)[0]
 
-    def call(self, method: str, path: str, token: str, body: Any = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        body: Any = None,
+        form: dict[str, str] | None = None,
+    ) -> Any:
+        """A JSON `body` or a `form`; the answer read as JSON (or text when it is not)."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request = urllib.request.Request(self.url + path, method=method)
         request.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            request.add_header("Content-Type", "application/x-www-form-urlencoded")
+        elif data is not None:
             request.add_header("Content-Type", "application/json")
+        request.data = data
         with urllib.request.urlopen(request, timeout=30) as resp:
-            return json.loads(resp.read())
+            answer = resp.read()
+            json_answer = resp.headers.get_content_type() == "application/json"
+        return json.loads(answer) if json_answer else answer.decode()
+
+
+def _or_none(call: Callable[[], Any]) -> Any:
+    """What `call` returns, or None when its HTTP request fails (not up yet)."""
+    try:
+        return call()
+    except OSError:
+        return None
+
+
+def _engine() -> tuple[str, str]:
+    """The Docker Engine's host name and CPU count, from the engine itself."""
+    shown = subprocess.run(
+        ["docker", "info", "--format", "{{.Name}} {{.NCPU}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return shown[0], shown[1]
 
 
 @pytest.fixture(scope="module")
 def herder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herder]:
     asyncio.run(ensure_busybox_image())
     build_on_busybox(WEB_IMAGE, WEB_CMD)
+    build_on_busybox(GOLEM_IMAGE, ["sleep", "3600"])
     served = Herder(tmp_path_factory.mktemp("console"))
     served.start()
     try:
@@ -137,22 +179,10 @@ def herder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herder]:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     """Debian's Chromium, headless, with the flags this machine's closed network needs."""
-    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), (
-        "Chromium and chromedriver are missing: scripts/test installs Debian's "
-        "chromium and chromium-driver"
-    )
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium_binary()
     for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
+        *FLAGS,
         "--window-size=1360,900",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
@@ -220,6 +250,13 @@ class Page:
         self.driver.execute_script("location.hash = arguments[0]", hash_)
         self.until(lambda: self.visible(f"#page-{page}"), f"the {page} page did not show")
 
+    def sign_in(self, token: str) -> None:
+        field = self.find("#signin-token")
+        field.clear()
+        field.send_keys(token)
+        self.find("#signin-form button[type=submit]").click()
+        self.until(lambda: self.visible("#page-daemons"), "the daemons page did not show")
+
     def shot(self, name: str) -> None:
         assert self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
         self.shots.add(name)
@@ -240,11 +277,7 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.shot("signin")
 
     # -- sign in
-    field = page.find("#signin-token")
-    field.clear()
-    field.send_keys(token)
-    page.find("#signin-form button[type=submit]").click()
-    page.until(lambda: page.visible("#page-daemons"), "the daemons page did not show")
+    page.sign_in(token)
     page.until(lambda: page.text("who-email") == email, "the subject is not shown")
     assert token not in browser.current_url
 
@@ -274,7 +307,9 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
         "web is not listed",
     )
     assert cells[1] == "running" and cells[2] == WEB_IMAGE and cells[3] == "site", cells
-    assert cells[5], "no node shown"
+    engine_host, engine_cpus = _engine()
+    assert cells[5] == engine_host, cells  # one engine: its host is every daemon's node
+    assert re.fullmatch(r"\d+ s", cells[6]), cells  # its age
 
     # -- its logs, followed: earlier output, then what it writes later
     page.click(f"{web} button.logs")
@@ -287,6 +322,15 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     )
     page.until(lambda: "written later" in page.text("logs"), "the followed logs did not grow")
     page.shot("daemons")
+    page.find("#logs-stop").click()
+    page.until(lambda: not page.find("#logs-stop").is_enabled(), "the follow did not stop")
+    # ... and the last line only, not followed
+    page.find("#logs-tail").clear()
+    page.find("#logs-tail").send_keys("1")
+    page.find("#logs-follow").click()
+    page.click(f"{web} button.logs")
+    page.until(lambda: page.text("logs") == "written later", "the tail is not the last line")
+    assert not page.find("#logs-stop").is_enabled()
 
     # -- its proxied page, in a tab of its own
     page.until(
@@ -320,9 +364,41 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.find(".xterm-helper-textarea").send_keys("hello terminal\n")
     page.until(lambda: "hello terminal" in page.find(".xterm-rows").text, "no echo in the terminal")
     page.shot("terminal")
+    # a smaller window while attached: the terminal is fitted again, still attached
+    cols, rows = map(int, page.text("term-size").split("×"))
+    browser.set_window_size(900, 640)
+    page.until(
+        lambda: [int(n) for n in page.text("term-size").split("×")] < [cols, rows],
+        "the terminal was not fitted to the smaller window",
+    )
+    small_cols, small_rows = map(int, page.text("term-size").split("×"))
+    assert small_cols < cols and small_rows < rows, (cols, rows, small_cols, small_rows)
+    fitted = browser.execute_script(
+        "const box = document.getElementById('terminal').getBoundingClientRect();"
+        "const screen = document.querySelector('.xterm-screen').getBoundingClientRect();"
+        "return [box.width, screen.width, box.height, screen.height,"
+        " document.querySelectorAll('.xterm-rows > div').length]"
+    )
+    assert fitted[1] <= fitted[0] and fitted[3] <= fitted[2], fitted  # inside its box
+    assert fitted[1] > 0.8 * fitted[0] and fitted[4] == small_rows, fitted  # and filling it
+    page.find(".xterm-helper-textarea").send_keys("after resize\n")
+    page.until(lambda: "after resize" in page.find(".xterm-rows").text, "no echo after a resize")
+    assert page.text("term-status") == "connected to web"
+    browser.set_window_size(1360, 900)
+    page.until(lambda: page.text("term-size") == f"{cols}×{rows}", "not fitted back")
     page.find("#term-connect").click()  # reconnect: the recent output comes first again
     page.until(lambda: page.text("term-status") == "connected to web", "no reconnect")
-    page.until(lambda: "hello terminal" in page.find(".xterm-rows").text, "no replay on reconnect")
+    page.until(
+        lambda: (
+            "hello terminal" in page.find(".xterm-rows").text
+            and "after resize" in page.find(".xterm-rows").text
+        ),
+        "no replay on reconnect",
+    )
+    page.find(".xterm-helper-textarea").send_keys("after reconnect\n")
+    page.until(
+        lambda: "after reconnect" in page.find(".xterm-rows").text, "no echo after a reconnect"
+    )
 
     # -- a python minion in the playground
     page.go("minions", "minions")
@@ -374,22 +450,59 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.until(lambda: page.find(f"{golem} a").get_attribute("href") ==
                "http://127.0.0.1:9/console-ws", "the golem is not listed with its link")  # fmt: skip
     assert page.find(f"{golem} .connected").text == "not connected"
+    page.until(
+        lambda: page.text("golem-result") == "The golem of console-ws was started.", "no start"
+    )
     page.shot("golems")
+    page.until(lambda: page.find(f"{golem} .state").text == "running", "the golem is not running")
     page.click(f"{golem} button:not(.danger)")  # reset
+    page.until(
+        lambda: page.text("golem-result") == "The golem of console-ws was restarted.", "no reset"
+    )
     page.click(f"{golem} button.danger")  # kill
     page.until(lambda: page.visible("#confirm"), "no confirmation")
     page.find("#confirm-ok").click()
     page.until(lambda: page.visible("#golems-empty"), "the golem is still listed")
+    assert page.text("golem-result") == "The golem of console-ws was killed."
     page.go("node", "node")
     page.until(lambda: "CPU Count" in page.text("node-table"), "no node specs")
+    node = page.until(lambda: page.find("#nodes-table tbody tr"), "no nodes table")
+    shown = {
+        c.get_attribute("class"): c.text for c in node.find_elements(By.CSS_SELECTOR, "td[class]")
+    }
+    assert shown["hostname"] == engine_host and shown["cpus"] == engine_cpus, shown
+    assert shown["memory"].endswith("GiB") and shown["gpus"] == "0", shown
+    assert re.fullmatch(r"web-\S+ \(daemon, running\)", shown["workloads"]), shown
+    assert page.text("nodes-count") == "one node"
     page.shot("node")
 
     # -- kill it (and wipe), with a confirmation
     page.go("daemons", "daemons")
+    page.click(f"{web} button.kill")
+    dialog = page.until(lambda: page.visible("#confirm"), "no confirmation")
+    assert "Its data is kept" in dialog.text
+    page.find("#confirm-cancel").click()  # cancelled: nothing happens
+    page.until(lambda: not page.visible("#confirm"), "the confirmation stayed")
+    assert page.find(web) and len(herder.call("GET", "/daemon/v1/ls", token)) == 1
+    page.click(f"{web} button.kill")
+    page.until(lambda: page.visible("#confirm"), "no confirmation")
+    page.find("#confirm-ok").click()
+    page.until(lambda: page.visible("#daemons-empty"), "the daemon is still listed")
+    assert "its data is kept" in page.text("kill-result")
+    # spawned again, without a file: the uploaded page was kept
+    browser.execute_script("document.querySelector('#spawn-form [name=files]').value = ''")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    page.until(lambda: page.find(web), "web is not listed again")
+    kept = page.until(
+        lambda: _or_none(lambda: herder.call("GET", "/daemon/v1/proxy/web/", token)),
+        "web does not answer again",
+    )
+    assert "served by a console daemon" in kept
     page.click(f"{web} button.wipe")
     dialog = page.until(lambda: page.visible("#confirm"), "no confirmation")
     assert "delete its data" in dialog.text
     page.find("#confirm-ok").click()
+    page.until(lambda: "deleted its data" in page.text("kill-result"), "no wipe shown")
     page.until(lambda: page.visible("#daemons-empty"), "the daemon is still listed")
     assert herder.call("GET", "/daemon/v1/ls", token) == []
 
@@ -429,3 +542,41 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     if docs:  # refresh the README's copies: HERDER_CONSOLE_DOCS_DIR=docs/console
         for name in pages:
             shutil.copy(ARTIFACTS / f"{name}.png", Path(docs) / f"{name}.png")
+
+
+def test_port_links_on_the_daemons_own_origin(
+    herder: Herder, browser: WebDriver, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With `PROXY_DOMAIN`, a daemon's first port links to `<Name>.<domain>` on
+    the herder's port (`localhost`: Chromium resolves `*.localhost` to itself)."""
+    served = Herder(tmp_path_factory.mktemp("console-domain"))
+    served.start(proxy_domain="localhost")
+    try:
+        token = served.token("domain@example.org", credits=10_000)
+        form = {"name": "site", "image": WEB_IMAGE, "ports": "[80]",
+                "index.html": "<h1>on an origin of its own</h1>"}  # fmt: skip
+        name = served.call("POST", "/daemon/v1/spawn", token, form=form)["Name"]
+        page = Page(browser, served.url)
+        browser.get(served.url + "/console/")
+        page.until(lambda: page.visible("#signin-form"), "no sign-in form")
+        page.sign_in(token)
+        link = '#daemons-table tr[data-name="site"] a.port'
+        own = f"http://{name}.localhost:{served.port}/"
+        page.until(lambda: page.find(link).get_attribute("href") == own, "no link to its host")
+        console_tab = browser.current_window_handle
+        page.click(link)
+        page.until(lambda: len(browser.window_handles) == 2, "the daemon's page did not open")
+        browser.switch_to.window([h for h in browser.window_handles if h != console_tab][0])
+        page.until(
+            lambda: "on an origin of its own" in browser.find_element(By.TAG_NAME, "h1").text,
+            "the daemon's host did not serve its page",
+        )
+        assert browser.current_url == own
+        # Its own origin: none of the console's storage.
+        assert browser.execute_script("return sessionStorage.getItem('herder.token')") is None
+        browser.close()
+        browser.switch_to.window(console_tab)
+        served.call("POST", "/daemon/v1/kill/site?wipe=true", token)
+        page.until(lambda: page.visible("#daemons-empty"), "the daemon is still listed")
+    finally:
+        served.stop()

@@ -70,6 +70,11 @@ async def test_usage_shows_what_running_runs_have_accrued(ledger: Ledger) -> Non
     assert usage.balance == await ledger.balance("a@x") and usage.balance.remaining == 96
     assert [(c.id, c.seconds, c.credits) for c in usage.charges] == [(run.charge_id, 4, 4)]
     assert [w.container_id for w in usage.running] == ["cid-one"]
+    nobody = await ledger.usage("nobody@x", 10)  # no account: nothing granted or charged
+    assert nobody.balance == await ledger.balance("nobody@x")
+    assert (nobody.balance.granted, nobody.balance.charged, nobody.running, nobody.charges) == (
+        0, 0, [], []
+    )  # fmt: skip
 
 
 async def test_registry_row_is_the_contract(ledger: Ledger) -> None:

@@ -52,7 +52,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
         raise Unauthorized("this attach ticket is for another daemon")
     tail = _tail(request.query.get("tail"))
     binary = query_flag(request.query.get("binary"), strict="binary")
-    with request.app[keys.STREAMS].hold(claims.sub):
+    async with request.app[keys.STREAMS].hold(claims.sub):
         return await serve_attach(
             request, daemon.container_id or daemon.container_name, tail, binary
         )

@@ -104,6 +104,7 @@ async def config(request: web.Request) -> web.Response:
             "public_url": settings.public_url,
             "webstrates_url": settings.webstrates_url,
             "credit_rate": settings.credit_rate,
+            "proxy_domain": settings.proxy_domain,
         }
     )
 
@@ -156,11 +157,16 @@ docs: Docs = {
                 200: (
                     "public facts",
                     obj(
-                        ["version", "public_url", "webstrates_url", "credit_rate"],
+                        ["version", "public_url", "webstrates_url", "credit_rate", "proxy_domain"],
                         version=STR,
                         public_url=STR,
                         webstrates_url=STR,
                         credit_rate=INT,
+                        proxy_domain={
+                            "type": "string",
+                            "description": "PROXY_DOMAIN: daemon <Name> is also served at "
+                            "<Name>.<proxy_domain> on the herder's port; empty when off",
+                        },
                     ),
                 )
             },

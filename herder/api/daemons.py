@@ -183,7 +183,7 @@ async def daemon_logs(request: web.Request) -> web.StreamResponse:
     if not follow:
         return await _send_logs(request, chunks, follow=False)
     streams = request.app[keys.STREAMS]
-    with streams.hold(claims.sub):
+    async with streams.hold(claims.sub):
         return await _send_logs(request, chunks, follow=True, until=streams.closing)
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ..channels.service import ChannelService
     from ..daemons import DaemonService
     from ..golems import GolemService
+    from ..holds import SharedHolds
     from ..ledger import Ledger
     from ..metering import Meter
     from ..metrics import Metrics
@@ -34,6 +35,9 @@ LEDGER: web.AppKey[Ledger] = web.AppKey("ledger")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 INSTANCE: web.AppKey[str] = web.AppKey("instance")
+# This process among the replicas of one herder (leases and holds name it).
+REPLICA: web.AppKey[str] = web.AppKey("replica")
+HOLDS: web.AppKey[SharedHolds] = web.AppKey("holds")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 MINIONS: web.AppKey[MinionService] = web.AppKey("minions")

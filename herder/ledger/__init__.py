@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import migrate
 from .engine import make_engines
+from .holds import CreditHold, HoldRows, StreamHold
 from .leases import Leases
-from .models import Account, Charge, Grant, MeterPosition, Revocation, Workload
+from .models import Account, Charge, Grant, Hold, MeterPosition, Revocation, Workload
 from .registry import TickResult, WorkloadRegistry, accrual
 
 __all__ = [
@@ -35,9 +36,12 @@ __all__ = [
     "Usage",
     "Account",
     "Charge",
+    "CreditHold",
     "Grant",
+    "Hold",
     "MeterPosition",
     "Revocation",
+    "StreamHold",
     "TickResult",
     "Workload",
 ]
@@ -63,7 +67,7 @@ class Usage:
     charges: list[Charge]
 
 
-class Ledger(WorkloadRegistry, Leases):
+class Ledger(WorkloadRegistry, Leases, HoldRows):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine, self.read_engine = make_engines(url)
@@ -200,17 +204,7 @@ class Ledger(WorkloadRegistry, Leases):
 
     async def balance(self, subject: str) -> Balance:
         async with self.read() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        Account.granted,
-                        (Account.charged + accrual(Account.subject)).label("charged"),
-                    ).where(Account.subject == subject)
-                )
-            ).one_or_none()
-        if row is None:
-            return Balance(subject, 0, 0)
-        return Balance(subject, int(row.granted), int(row.charged))
+            return await _balance(conn, subject)
 
     async def audit(self, subject: str) -> Balance:
         """The balance recomputed from the grant and charge rows themselves."""
@@ -252,14 +246,7 @@ class Ledger(WorkloadRegistry, Leases):
         this ledger) and last `limit` charge rows, newest first (a running
         workload's row grows with every metering tick: its accrual is added)."""
         async with self.read() as conn:
-            account = (
-                await conn.execute(
-                    select(
-                        Account.granted,
-                        (Account.charged + accrual(Account.subject)).label("charged"),
-                    ).where(Account.subject == subject)
-                )
-            ).one_or_none()
+            balance = await _balance(conn, subject)
             running = (
                 await conn.execute(
                     select(Workload.__table__)
@@ -280,9 +267,6 @@ class Ledger(WorkloadRegistry, Leases):
                 )
             ).all()
             accrued = await self._accrued_charges(conn, [row.id for row in charges])
-        balance = Balance(subject, 0, 0)
-        if account is not None:
-            balance = Balance(subject, int(account.granted), int(account.charged))
         return Usage(
             balance,
             [Workload(**row._mapping) for row in running],
@@ -325,3 +309,19 @@ def _probe_sqlite_file(path: str | None) -> None:
     uri = f"file:{urllib.parse.quote(path)}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=2)) as db:
         db.execute("SELECT version_num FROM alembic_version").fetchall()
+
+
+async def _balance(conn: AsyncConnection, subject: str) -> Balance:
+    """The subject's balance: granted, and charged with what its running
+    workloads have accrued since their last charge row (0, 0 when unknown)."""
+    row = (
+        await conn.execute(
+            select(
+                Account.granted,
+                (Account.charged + accrual(Account.subject)).label("charged"),
+            ).where(Account.subject == subject)
+        )
+    ).one_or_none()
+    if row is None:
+        return Balance(subject, 0, 0)
+    return Balance(subject, int(row.granted), int(row.charged))

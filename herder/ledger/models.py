@@ -161,3 +161,26 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128), nullable=False)
     expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class Hold(Base):
+    """Something in flight that counts against a limit until it ends: a
+    minion run's most possible cost (`kind` 'credits') or an open log follow
+    or attach socket (`kind` 'stream'). Held by one herder replica, which
+    renews `expires_at` (epoch milliseconds) while it lives: the rows of a
+    replica that died stop counting when they expire."""
+
+    __tablename__ = "holds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    instance: Mapped[str] = mapped_column(String(64), nullable=False)
+    subject: Mapped[str] = mapped_column(String(320), nullable=False)
+    credits: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    replica: Mapped[str] = mapped_column(String(128), nullable=False)
+    expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __table_args__ = (
+        Index("ix_holds_subject", "kind", "subject"),
+        Index("ix_holds_instance", "kind", "instance"),
+        Index("ix_holds_expires", "expires_at"),
+    )

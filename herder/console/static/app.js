@@ -12,7 +12,7 @@
     page: null,
     daemons: [],
     config: null,
-    node: null,
+    nodes: null,
     logs: null, // AbortController of the log follow
     socket: null,
     term: null,
@@ -217,9 +217,9 @@
     return state.config;
   }
 
-  async function loadNode() {
-    if (!state.node) state.node = await api("/node/v1/specs");
-    return state.node;
+  async function loadNodes() {
+    if (!state.nodes) state.nodes = await api("/node/v1/nodes");
+    return state.nodes;
   }
 
   // -- daemons ---------------------------------------------------------------
@@ -228,7 +228,17 @@
     return (d.Names && d.Names[0] ? d.Names[0] : d.Id).replace(/^\//, "");
   }
 
-  function portLinks(d) {
+  // The first port goes through the herder's proxy: on the daemon's own origin,
+  // `<Name>.<PROXY_DOMAIN>` on the herder's port, when the herder has one (see
+  // the README's "Proxy and attach"), else on the path route; the other ports
+  // link to their published host ports.
+  function proxyLink(name, config) {
+    if (!config.proxy_domain) return "/daemon/v1/proxy/" + encodeURIComponent(name) + "/";
+    const port = location.port ? ":" + location.port : "";
+    return location.protocol + "//" + name.toLowerCase() + "." + config.proxy_domain + port + "/";
+  }
+
+  function portLinks(d, config) {
     const name = containerName(d);
     const cell = el("td", { class: "ports" });
     const ports = (d.Ports || []).filter((p) => p.PrivatePort);
@@ -238,13 +248,14 @@
       seen.add(p.PrivatePort);
       const first = seen.size === 1;
       const href = first
-        ? "/daemon/v1/proxy/" + encodeURIComponent(name) + "/"
+        ? proxyLink(name, config)
         : p.PublicPort ? location.protocol + "//" + location.hostname + ":" + p.PublicPort + "/" : null;
       const label = p.PrivatePort + (p.PublicPort ? "→" + p.PublicPort : "");
       cell.append(
         href
           ? el("a", { href: href, target: "_blank", rel: "noopener noreferrer", class: "port",
-                      title: first ? "through the herder's proxy" : "the published port" }, label)
+                      title: first ? "through the herder's proxy" : "the published port" },
+            label)
           : el("span", { class: "port" }, label),
         " "
       );
@@ -252,11 +263,12 @@
     return cell;
   }
 
-  function daemonRow(d, node) {
+  function daemonRow(d, config, nodes) {
     const name = containerName(d);
     const plain = (d.Labels && d.Labels["herder.name"]) || name;
     const group = (d.Labels && d.Labels["herder.group"]) || "";
-    const nodeName = (d.Labels && d.Labels["herder.node"]) || node;
+    // On a cluster each daemon names its node; on one engine, that engine's host.
+    const nodeName = d.Node ? d.Node.Hostname : nodes.length === 1 ? nodes[0].Hostname : "";
     return el(
       "tr",
       { "data-name": plain, "data-container": name },
@@ -264,7 +276,7 @@
       el("td", { class: "state state-" + d.State }, d.State),
       el("td", {}, d.Image),
       el("td", {}, group),
-      portLinks(d),
+      portLinks(d, config),
       el("td", {}, nodeName),
       el("td", {}, age(d.Created)),
       el(
@@ -279,10 +291,14 @@
   }
 
   async function listDaemons() {
-    const [daemons, node] = await Promise.all([api("/daemon/v1/ls"), loadNode().catch(() => null)]);
+    const [daemons, config, nodes] = await Promise.all([
+      api("/daemon/v1/ls"),
+      loadConfig(),
+      loadNodes().catch(() => []),
+    ]);
     state.daemons = daemons;
     const body = $("daemons-table").querySelector("tbody");
-    body.replaceChildren(...daemons.map((d) => daemonRow(d, node ? node.Hostname : "")));
+    body.replaceChildren(...daemons.map((d) => daemonRow(d, config, nodes)));
     $("daemons-empty").hidden = daemons.length > 0;
     return daemons;
   }
@@ -328,9 +344,13 @@
       ? "Kill " + name + " and delete its data? This cannot be undone."
       : "Kill " + name + "? Its data is kept.";
     if (!(await confirmAction(question))) return;
-    await api("/daemon/v1/kill/" + encodeURIComponent(name) + (wipe ? "?wipe=true" : ""), {
+    const killed = await api("/daemon/v1/kill/" + encodeURIComponent(name) + (wipe ? "?wipe=true" : ""), {
       method: "POST",
     });
+    const result = $("kill-result");
+    result.textContent = "Killed " + (killed.Killed.join(", ") || name) +
+      (killed.Wiped ? " and deleted its data." : "; its data is kept for the next " + name + ".");
+    result.hidden = false;
     await listDaemons();
   }
 
@@ -395,9 +415,15 @@
       if ($("term-echo").checked) term.write(text.replace(/\x7f/g, "\b \b"));
       socket.send(text);
     });
+    // Fitted to its box whenever the box changes (the window, the layout). The
+    // size stays on the page: a daemon has no TTY, so the attach socket carries
+    // no resize.
+    const showSize = () => ($("term-size").textContent = term.cols + "×" + term.rows);
+    term.onResize(showSize);
     new ResizeObserver(() => {
       try { fit.fit(); } catch (_) { /* hidden */ }
     }).observe($("terminal"));
+    showSize();
     state.term = term;
     state.fit = fit;
     return term;
@@ -532,8 +558,7 @@
     const base = config.webstrates_url.replace(/\/$/, "");
     const act = (verb, w) => guarded(async () => {
       if (verb === "kill" && !(await confirmAction("Kill the golem of " + w + "?"))) return;
-      await api("/golem/v1/" + verb + "/" + encodeURIComponent(w), { method: "POST" });
-      await listGolems();
+      await golemAction(verb, w);
     });
     const rows = golems.map((g) =>
       el("tr", { "data-webstrate": g.Webstrate },
@@ -555,10 +580,26 @@
     every(5000, listGolems);
   }
 
-  async function spawnGolem(event) {
-    const webstrate = event.target.elements.webstrate.value.trim();
-    await api("/golem/v1/spawn/" + encodeURIComponent(webstrate), { method: "POST" });
+  const GOLEM_DONE = { spawn: "started", reset: "restarted", kill: "killed" };
+
+  async function golemAction(verb, webstrate) {
+    const result = $("golem-result");
+    result.hidden = false;
+    result.textContent = { spawn: "Starting", reset: "Restarting", kill: "Stopping" }[verb] +
+      " the golem of " + webstrate + "…";
+    try {
+      await api("/golem/v1/" + verb + "/" + encodeURIComponent(webstrate), { method: "POST" });
+    } catch (err) {
+      result.textContent = "The golem of " + webstrate + " was not " + GOLEM_DONE[verb] + ": " +
+        err.message;
+      throw err;
+    }
+    result.textContent = "The golem of " + webstrate + " was " + GOLEM_DONE[verb] + ".";
     await listGolems();
+  }
+
+  async function spawnGolem(event) {
+    await golemAction("spawn", event.target.elements.webstrate.value.trim());
   }
 
   // -- credits ---------------------------------------------------------------
@@ -610,21 +651,29 @@
     return n.toFixed(i ? 1 : 0) + " " + units[i];
   }
 
+  function nodeRow(n) {
+    const workloads = (n.Workloads || []).map((w) => w.Name + " (" + w.Kind + ", " + w.State + ")");
+    return el("tr", { "data-node": n.ID },
+      el("td", { class: "hostname" }, n.Hostname),
+      el("td", { class: "id", title: n.ID }, n.ID.slice(0, 12)),
+      el("td", {}, n.Address || "–"),
+      el("td", {}, (n.Role || "–") + (n.Leader && n.Role === "manager" ? " (leader)" : "")),
+      el("td", {}, n.Availability || "–"),
+      el("td", {}, n.State || "–"),
+      el("td", { class: "cpus" }, n.CPUs),
+      el("td", { class: "memory" }, bytes(n.MemoryBytes)),
+      el("td", { class: "gpus" }, n.GPUs),
+      el("td", { class: "workloads" }, workloads.length ? workloads.join(", ") : "none"));
+  }
+
   async function showNode() {
-    state.node = null;
-    const specs = await loadNode();
-    const { Nodes, ...own } = specs;
+    state.nodes = null;
+    const [specs, nodes] = await Promise.all([api("/node/v1/specs"), loadNodes()]);
     $("node-table").querySelector("tbody").replaceChildren(
-      ...flatten("", own, []).map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v)))
+      ...flatten("", specs, []).map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v)))
     );
-    $("nodes-panel").hidden = !Array.isArray(Nodes);
-    if (Array.isArray(Nodes) && Nodes.length) {
-      const keys = Object.keys(Nodes[0]);
-      $("nodes-table").querySelector("thead").replaceChildren(el("tr", {}, ...keys.map((k) => el("th", {}, k))));
-      $("nodes-table").querySelector("tbody").replaceChildren(
-        ...Nodes.map((n) => el("tr", {}, ...keys.map((k) => el("td", {}, typeof n[k] === "object" ? JSON.stringify(n[k]) : n[k]))))
-      );
-    }
+    $("nodes-table").querySelector("tbody").replaceChildren(...nodes.map(nodeRow));
+    $("nodes-count").textContent = nodes.length === 1 ? "one node" : nodes.length + " nodes";
   }
 
   // -- start -----------------------------------------------------------------
