@@ -34,6 +34,7 @@ from .metrics import Metrics
 from .minions import MinionService
 from .node import running_counts
 from .peers import PeerAuth, PeerService, RelayDirectory, this_node
+from .proxy.front import ProxyFront
 from .proxy.upstreams import Upstreams
 from .reconcile import Reconciler
 from .relay import Relay
@@ -58,6 +59,11 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.STREAMS] = StreamLimits(settings.streams_per_subject, settings.streams_total)
     app[keys.TICKETS] = AttachTickets()
     app[keys.API_DOCS] = DOCS
+    # The proxy's front door for the server (`proxy_front`); owner-only
+    # proxying goes through the route, which checks the token.
+    app[keys.FRONT] = ProxyFront(
+        settings.proxy_domain, app[keys.METRICS], enabled=not settings.proxy_require_token
+    )
     app.on_response_prepare.append(send_request_id)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_runtime)
@@ -77,6 +83,11 @@ def create_app(settings: Settings) -> web.Application:
     for routes in ROUTES:
         app.router.add_routes(routes)
     return app
+
+
+def proxy_front(app: web.Application) -> ProxyFront:
+    """The front door `herder.serving` puts before the app (ready while it runs)."""
+    return app[keys.FRONT]
 
 
 # -- shutdown hooks ---------------------------------------------------------------
@@ -283,7 +294,10 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     # A daemon that goes is forgotten at once, not when its cache entry expires.
     app[keys.DAEMONS].on_removed.append(upstreams.forget)
     app[keys.RECONCILER].on_closed.append(upstreams.forget)
+    front = app[keys.FRONT]
+    front.open(upstreams, app[keys.DAEMONS].running)
     yield
+    front.close()
     await upstreams.close()
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..minions import MinionService
     from ..openapi import Docs
     from ..peers import PeerService, RelayDirectory
+    from ..proxy.front import ProxyFront
     from ..proxy.upstreams import Upstreams
     from ..reconcile import Reconciler
     from ..relay import Relay
@@ -47,6 +48,7 @@ DAEMONS: web.AppKey[DaemonService] = web.AppKey("daemons")
 METER: web.AppKey[Meter] = web.AppKey("meter")
 RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
 UPSTREAMS: web.AppKey[Upstreams] = web.AppKey("upstreams")
+FRONT: web.AppKey[ProxyFront] = web.AppKey("front")
 ATTACH: web.AppKey[AttachHub] = web.AppKey("attach")
 STREAMS: web.AppKey[StreamLimits] = web.AppKey("streams")
 TICKETS: web.AppKey[AttachTickets] = web.AppKey("tickets")
