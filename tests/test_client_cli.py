@@ -316,15 +316,15 @@ def test_attach_to_a_served_daemon_through_a_pty(served: Served) -> None:
         served.herder("daemon", "kill", "echoer", "--wipe", token=token)
 
 
-def test_spawn_shows_a_spinner_on_a_terminal_only(served: Served) -> None:
+def _on_a_terminal(served: Served, *args: str, token: str) -> str:
+    """What `herder ARGS` writes to its stderr when that is a terminal (a pty)."""
     import pty
 
-    token = served.token()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERDER_")}
     env.update({"HERDER_URL": served.url, "HERDER_TOKEN": token})
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [*HERDER, "daemon", "spawn", "spun", SCRIPT_IMAGE, "-f", "run.sh=sleep 600"],
+        [*HERDER, *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, env=env, cwd=ROOT,
     )  # fmt: skip
     os.close(follower)
@@ -341,10 +341,35 @@ def test_spawn_shows_a_spinner_on_a_terminal_only(served: Served) -> None:
         assert proc.wait(timeout=60) == 0, seen
     finally:
         os.close(leader)
-    shown = seen.decode(errors="replace")
+    return seen.decode(errors="replace")
+
+
+def test_spawn_shows_a_spinner_on_a_terminal_only(served: Served) -> None:
+    token = served.token()
+    spawn = ("daemon", "spawn", "spun", SCRIPT_IMAGE, "-f", "run.sh=sleep 600")
+    shown = _on_a_terminal(served, *spawn, token=token)
     assert "\r| spawning daemon spun from " in shown, shown  # the spinner, redrawn in place
     assert "\r\x1b[K" in shown  # and cleared when it ends
-    piped = served.herder("daemon", "spawn", "spun", SCRIPT_IMAGE, "-f", "run.sh=sleep 600",
-                          token=token)  # fmt: skip
+    piped = served.herder(*spawn, token=token)
     assert piped.returncode == 0 and "\r" not in piped.stderr and "|" not in piped.stderr
     served.herder("daemon", "kill", "spun", "--wipe", token=token)
+
+
+def test_golem_start_shows_a_spinner_on_a_terminal(served: Served) -> None:
+    token = served.token()
+    webstrate = f"spin-{secrets.token_hex(3)}"
+    shown = _on_a_terminal(served, "golem", "spawn", webstrate, token=token)
+    assert f"\r| starting the golem of {webstrate}... " in shown, shown  # the spinner
+    assert "\r\x1b[K" in shown, shown  # cleared when it ends
+    assert served.herder("golem", "kill", webstrate, token=token).returncode == 0
+
+
+def test_a_long_wait_off_a_terminal_is_one_plain_line(served: Served) -> None:
+    """Piped, a wait shows as one plain line once it has lasted 2 s: no spinner,
+    no carriage return."""
+    token = served.token()
+    slow = served.herder(
+        "minion", "run", "python", "-f", "main.sh=sleep 3; echo slept", token=token
+    )
+    assert slow.returncode == 0 and slow.stdout == "slept\n", (slow.stdout, slow.stderr)
+    assert slow.stderr == "running a minion in python...\n", slow.stderr

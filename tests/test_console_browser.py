@@ -47,7 +47,7 @@ from herder.tokens import TokenService
 
 from .chromium import CHROMEDRIVER, FLAGS, chromium_binary
 from .conftest import make_settings
-from .images import BUSYBOX_IMAGE, build_on_busybox, ensure_busybox_image
+from .images import build_on_busybox, ensure_busybox_image
 
 ROOT = Path(__file__).resolve().parent.parent
 HERDER = [sys.executable, "-m", "herder"]
@@ -56,6 +56,8 @@ DOWNLOADS = ARTIFACTS / "downloads"
 # A daemon serving /minion on port 80 and echoing its stdin to its stdout.
 WEB_IMAGE = "herder-test/busybox-console:1"
 WEB_CMD = ["sh", "-c", "httpd -p 80 -h /minion && echo daemon ready && exec cat"]
+# A golem stand-in that stays up (the page only lists and controls it).
+GOLEM_IMAGE = "herder-test/busybox-golem:1"
 WAIT = 30
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -88,7 +90,7 @@ class Herder:
             HERDER_PUBLIC_URL=self.url,
             HERDER_DAEMON_BIND_ADDRESS="127.0.0.1",
             HERDER_WEBSTRATES_URL="http://127.0.0.1:9",
-            HERDER_GOLEM_IMAGE=BUSYBOX_IMAGE,  # a stand-in: the page only lists and controls it
+            HERDER_GOLEM_IMAGE=GOLEM_IMAGE,
         )
         env.update({f"HERDER_{k.upper()}": v for k, v in settings.items()})
         with open(self.log, "wb") as log_file:
@@ -165,6 +167,7 @@ def _engine() -> tuple[str, str]:
 def herder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herder]:
     asyncio.run(ensure_busybox_image())
     build_on_busybox(WEB_IMAGE, WEB_CMD)
+    build_on_busybox(GOLEM_IMAGE, ["sleep", "3600"])
     served = Herder(tmp_path_factory.mktemp("console"))
     served.start()
     try:
@@ -447,12 +450,20 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.until(lambda: page.find(f"{golem} a").get_attribute("href") ==
                "http://127.0.0.1:9/console-ws", "the golem is not listed with its link")  # fmt: skip
     assert page.find(f"{golem} .connected").text == "not connected"
+    page.until(
+        lambda: page.text("golem-result") == "The golem of console-ws was started.", "no start"
+    )
     page.shot("golems")
+    page.until(lambda: page.find(f"{golem} .state").text == "running", "the golem is not running")
     page.click(f"{golem} button:not(.danger)")  # reset
+    page.until(
+        lambda: page.text("golem-result") == "The golem of console-ws was restarted.", "no reset"
+    )
     page.click(f"{golem} button.danger")  # kill
     page.until(lambda: page.visible("#confirm"), "no confirmation")
     page.find("#confirm-ok").click()
     page.until(lambda: page.visible("#golems-empty"), "the golem is still listed")
+    assert page.text("golem-result") == "The golem of console-ws was killed."
     page.go("node", "node")
     page.until(lambda: "CPU Count" in page.text("node-table"), "no node specs")
     node = page.until(lambda: page.find("#nodes-table tbody tr"), "no nodes table")

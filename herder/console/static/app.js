@@ -558,8 +558,7 @@
     const base = config.webstrates_url.replace(/\/$/, "");
     const act = (verb, w) => guarded(async () => {
       if (verb === "kill" && !(await confirmAction("Kill the golem of " + w + "?"))) return;
-      await api("/golem/v1/" + verb + "/" + encodeURIComponent(w), { method: "POST" });
-      await listGolems();
+      await golemAction(verb, w);
     });
     const rows = golems.map((g) =>
       el("tr", { "data-webstrate": g.Webstrate },
@@ -581,10 +580,26 @@
     every(5000, listGolems);
   }
 
-  async function spawnGolem(event) {
-    const webstrate = event.target.elements.webstrate.value.trim();
-    await api("/golem/v1/spawn/" + encodeURIComponent(webstrate), { method: "POST" });
+  const GOLEM_DONE = { spawn: "started", reset: "restarted", kill: "killed" };
+
+  async function golemAction(verb, webstrate) {
+    const result = $("golem-result");
+    result.hidden = false;
+    result.textContent = { spawn: "Starting", reset: "Restarting", kill: "Stopping" }[verb] +
+      " the golem of " + webstrate + "…";
+    try {
+      await api("/golem/v1/" + verb + "/" + encodeURIComponent(webstrate), { method: "POST" });
+    } catch (err) {
+      result.textContent = "The golem of " + webstrate + " was not " + GOLEM_DONE[verb] + ": " +
+        err.message;
+      throw err;
+    }
+    result.textContent = "The golem of " + webstrate + " was " + GOLEM_DONE[verb] + ".";
     await listGolems();
+  }
+
+  async function spawnGolem(event) {
+    await golemAction("spawn", event.target.elements.webstrate.value.trim());
   }
 
   // -- credits ---------------------------------------------------------------
