@@ -50,6 +50,7 @@ from .runtime.base import (
     LABEL_MANAGED,
     RuntimeEvent,
 )
+from .runtime.swarm import LABEL_SERVICE_ID
 from .settings import Settings
 
 log = logging.getLogger("herder.reconcile")
@@ -160,14 +161,15 @@ class Reconciler:
         return self.started_at
 
     async def sweep_node(self) -> list[str]:
-        """Remove this node's leftover plain containers of this instance
-        (older than this process: a dead replica's minions)."""
+        """Remove this node's leftover minion containers of this instance
+        (older than this process: a dead replica's)."""
         if self.node_runtime is None:
             return []
         removed = []
-        for listed in await self.node_runtime.list(self._labels):
-            # (the pool removes its own stale containers at start)
-            if listed.labels.get(LABEL_KIND) not in SWEPT_KINDS or LABEL_POOL in listed.labels:
+        for listed in await self.node_runtime.list({**self._labels, LABEL_KIND: "minion"}):
+            # Not a service's task (daemons and golems are the leader's), nor a
+            # pool container (the pool removes its own stale ones at start).
+            if LABEL_SERVICE_ID in listed.labels or LABEL_POOL in listed.labels:
                 continue
             container = await self.node_runtime.inspect(listed.id)  # the exact creation time
             if container is not None and 0 < container.created_at < self.started_at:
