@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,12 +18,10 @@ import pytest
 from herder.leadership import Leadership
 from herder.ledger import Ledger
 from herder.reconcile import Reconciler
-from herder.runtime import DockerRuntime
+from herder.runtime import ContainerInfo, DockerRuntime
 
 from .conftest import INSTANCE_PREFIX, eventually, make_settings
 from .images import ensure_busybox_image
-
-pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
@@ -31,6 +31,7 @@ async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
     await ledger.close()
 
 
+@pytest.mark.docker
 async def test_only_the_leader_reconciles_and_another_takes_over(
     ledger: Ledger, docker: aiodocker.Docker, tmp_path: Path
 ) -> None:
@@ -118,3 +119,62 @@ async def test_only_the_leader_reconciles_and_another_takes_over(
                 task.cancel()
         await asyncio.gather(*(t for ts in tasks.values() for t in ts), return_exceptions=True)
         await runtime.close()
+
+
+class OneServiceRuntime:
+    """A Swarm-like runtime with one running service whose current task
+    started at `task_started` (pure logic of the reconcile around it)."""
+
+    def __init__(self, service_id: str, name: str, task_started: float) -> None:
+        self.info = ContainerInfo(
+            id=service_id,
+            name=name,
+            image="img",
+            state="running",
+            status="",
+            labels={"herder.kind": "daemon"},
+            ports={"80": 30001},
+            address="10.0.1.7",
+            started_at=task_started,
+        )
+
+    async def list(self, labels: dict[str, str], *, all: bool = True) -> list[ContainerInfo]:
+        return [self.info]
+
+    async def inspect(self, ref: str) -> ContainerInfo | None:
+        return self.info if ref == self.info.id else None
+
+
+async def test_a_task_replaced_while_nobody_watched_gets_a_new_run(ledger: Ledger) -> None:
+    """Every replica was down while the Swarm moved a daemon: the run ends,
+    and a new one begins, when the new task started; charged once."""
+    now = int(time.time())
+    await ledger.grant_once("moved@x", "g", 1000)
+    run = await ledger.register_workload(
+        instance="i",
+        kind="daemon",
+        subject="moved@x",
+        jti="j",
+        name="web",
+        container_name="web-j",
+        container_id="svc1",
+        image="img",
+        address="10.0.1.5",
+        ports={"80": 30000},
+        started_at=now - 60,
+    )
+    runtime = OneServiceRuntime("svc1", "web-j", now - 20)
+    reconciler = Reconciler(make_settings(Path(tempfile.mkdtemp())), ledger, runtime, "i")  # type: ignore[arg-type]
+    report = await reconciler.reconcile()
+    assert (report.closed, report.resumed) == (["web-j"], ["web-j"])
+    rows = await ledger.running_workloads("i")
+    assert len(rows) == 1 and rows[0].id != run.id
+    assert (rows[0].started_at, rows[0].address, rows[0].ports) == (
+        now - 20,
+        "10.0.1.7",
+        '{"80":30001}',
+    )
+    assert await ledger.charge_of(run.charge_id) == (40, 40)  # up to the new task's start
+    # Reconciled again: the same task, the same run.
+    report = await reconciler.reconcile()
+    assert report.kept == ["web-j"] and not report.closed
