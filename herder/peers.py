@@ -343,7 +343,7 @@ def _refused(status: int, answer: Any, where: str, *, signature: bool) -> Herder
     if signature or status == 403:
         log.error(
             "the replica %s refused this one's signature: is CLUSTER_SECRET the same "
-            "on every replica?",
+            "on every replica, and are their clocks within 30 s?",
             where,
         )
         return ServiceUnavailable(f"the herder replica {where} refused this replica")
