@@ -468,6 +468,12 @@ class RelayDirectory:
         for webstrate in self.relay.webstrates():
             await self.claim(webstrate)
 
+    async def elsewhere(self) -> set[str]:
+        """The webstrates whose golem's control socket another live replica holds."""
+        prefix = self._lease("")
+        leases = await self.ledger.live_leases(prefix)
+        return {name[len(prefix) :] for name, holder in leases if holder != self.peers.replica}
+
     async def holder(self, webstrate: str) -> str | None:
         """The URL of the other replica holding the webstrate's golem, if one does."""
         replica = await self.ledger.lease_holder(self._lease(webstrate))
