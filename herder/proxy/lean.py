@@ -308,6 +308,8 @@ def framing_of(
 
 
 def _keep_alive(version: str, headers: CIMultiDict[str]) -> bool:
+    if "Connection" not in headers:
+        return version == "HTTP/1.1"
     tokens = {
         t.strip().lower() for value in headers.getall("Connection", ()) for t in value.split(",")
     }
@@ -317,6 +319,10 @@ def _keep_alive(version: str, headers: CIMultiDict[str]) -> bool:
 
 
 def _content_length(headers: CIMultiDict[str]) -> int:
+    given = headers.getall("Content-Length")
+    if len(given) == 1 and given[0].isdigit() and given[0].isascii():  # the usual one
+        if len(given[0]) <= MAX_LENGTH_DIGITS:
+            return int(given[0])
     values = {v.strip() for value in headers.getall("Content-Length") for v in value.split(",")}
     if len(values) != 1:
         raise UpstreamBroken("conflicting Content-Length")
