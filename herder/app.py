@@ -33,6 +33,7 @@ from .metering import Meter, MeterLease
 from .metrics import Metrics
 from .minions import MinionService
 from .node import running_counts
+from .peers import PeerAuth, PeerService, RelayDirectory, this_node
 from .proxy.front import ProxyFront
 from .proxy.upstreams import Upstreams
 from .reconcile import Reconciler
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_runtime)
     app.cleanup_ctx.append(_minions)
     app.cleanup_ctx.append(_daemons)
+    app.cleanup_ctx.append(_peers)
     app.cleanup_ctx.append(_reconciler)
     app.cleanup_ctx.append(_metering)
     app.cleanup_ctx.append(_channels)
@@ -171,6 +173,38 @@ async def _daemons(app: web.Application) -> AsyncIterator[None]:
         app[keys.METRICS],
     )
     yield
+
+
+async def _peers(app: web.Application) -> AsyncIterator[None]:
+    """The herder-to-herder channel, with `CLUSTER_SECRET`: this replica in
+    the peer registry (an owned task), exec carried to other nodes, and the
+    relay's directory of golems across replicas."""
+    settings = app[keys.SETTINGS]
+    if not settings.cluster_secret:
+        if settings.runtime == "swarm":
+            log.warning(
+                "no CLUSTER_SECRET: attach and exec reach only daemons on this replica's node"
+            )
+        yield
+        return
+    runtime = app[keys.RUNTIME]
+    peers = PeerService(
+        PeerAuth(settings.cluster_secret, app[keys.REPLICA]),
+        app[keys.LEDGER],
+        lambda: this_node(runtime),
+        url=settings.peer_url,
+        port=settings.port,
+    )
+    app[keys.PEERS] = peers
+    app[keys.DAEMONS].remote_exec = peers.exec_on
+    app[keys.RELAY_PEERS] = RelayDirectory(
+        app[keys.LEDGER], peers, app[keys.INSTANCE], app[keys.RELAY]
+    )
+    try:
+        async with owned_task(peers.run(), "peer-registry"):
+            yield
+    finally:
+        await peers.close()
 
 
 async def _channels(app: web.Application) -> AsyncIterator[None]:

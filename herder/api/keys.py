@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..minions import MinionService
     from ..openapi import Docs
+    from ..peers import PeerService, RelayDirectory
     from ..proxy.front import ProxyFront
     from ..proxy.upstreams import Upstreams
     from ..reconcile import Reconciler
@@ -54,3 +55,7 @@ TICKETS: web.AppKey[AttachTickets] = web.AppKey("tickets")
 # Every resource's OpenAPI docs (`herder.api.DOCS`), for `/openapi.json`.
 API_DOCS: web.AppKey[tuple[Docs, ...]] = web.AppKey("api_docs")
 CHANNELS: web.AppKey[ChannelService] = web.AppKey("channels")
+# The herder-to-herder channel; only with `CLUSTER_SECRET`.
+PEERS: web.AppKey[PeerService] = web.AppKey("peers")
+# Which replica holds each golem control socket; only with `CLUSTER_SECRET`.
+RELAY_PEERS: web.AppKey[RelayDirectory] = web.AppKey("relay_peers")
