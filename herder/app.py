@@ -33,6 +33,8 @@ from .metering import Meter, MeterLease
 from .metrics import Metrics
 from .minions import MinionService
 from .node import running_counts
+from .peers import PeerAuth, PeerService, RelayDirectory, this_node
+from .proxy.front import ProxyFront
 from .proxy.upstreams import Upstreams
 from .reconcile import Reconciler
 from .relay import Relay
@@ -57,11 +59,17 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.STREAMS] = StreamLimits(settings.streams_per_subject, settings.streams_total)
     app[keys.TICKETS] = AttachTickets()
     app[keys.API_DOCS] = DOCS
+    # The proxy's front door for the server (`proxy_front`); owner-only
+    # proxying goes through the route, which checks the token.
+    app[keys.FRONT] = ProxyFront(
+        settings.proxy_domain, app[keys.METRICS], enabled=not settings.proxy_require_token
+    )
     app.on_response_prepare.append(send_request_id)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_runtime)
     app.cleanup_ctx.append(_minions)
     app.cleanup_ctx.append(_daemons)
+    app.cleanup_ctx.append(_peers)
     app.cleanup_ctx.append(_reconciler)
     app.cleanup_ctx.append(_metering)
     app.cleanup_ctx.append(_channels)
@@ -75,6 +83,11 @@ def create_app(settings: Settings) -> web.Application:
     for routes in ROUTES:
         app.router.add_routes(routes)
     return app
+
+
+def proxy_front(app: web.Application) -> ProxyFront:
+    """The front door `herder.serving` puts before the app (ready while it runs)."""
+    return app[keys.FRONT]
 
 
 # -- shutdown hooks ---------------------------------------------------------------
@@ -162,6 +175,38 @@ async def _daemons(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _peers(app: web.Application) -> AsyncIterator[None]:
+    """The herder-to-herder channel, with `CLUSTER_SECRET`: this replica in
+    the peer registry (an owned task), exec carried to other nodes, and the
+    relay's directory of golems across replicas."""
+    settings = app[keys.SETTINGS]
+    if not settings.cluster_secret:
+        if settings.runtime == "swarm":
+            log.warning(
+                "no CLUSTER_SECRET: attach and exec reach only daemons on this replica's node"
+            )
+        yield
+        return
+    runtime = app[keys.RUNTIME]
+    peers = PeerService(
+        PeerAuth(settings.cluster_secret, app[keys.REPLICA]),
+        app[keys.LEDGER],
+        lambda: this_node(runtime),
+        url=settings.peer_url,
+        port=settings.port,
+    )
+    app[keys.PEERS] = peers
+    app[keys.DAEMONS].remote_exec = peers.exec_on
+    app[keys.RELAY_PEERS] = RelayDirectory(
+        app[keys.LEDGER], peers, app[keys.INSTANCE], app[keys.RELAY]
+    )
+    try:
+        async with owned_task(peers.run(), "peer-registry"):
+            yield
+    finally:
+        await peers.close()
+
+
 async def _channels(app: web.Application) -> AsyncIterator[None]:
     """PyCloud's Redis channels, when `REDIS_URL` is set: a second front door
     to the daemon and token services (an owned task)."""
@@ -227,7 +272,8 @@ async def _metering(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _golems(app: web.Application) -> AsyncIterator[None]:
-    """Needs the database, the runtime and the relay."""
+    """Needs the database, the runtime, the relay (and, in a cluster, the
+    relay's directory, for whether a golem is connected to another replica)."""
     settings = app[keys.SETTINGS]
     script = await asyncio.to_thread(render_emet, settings.public_url)
     app[keys.GOLEMS] = GolemService(
@@ -239,6 +285,8 @@ async def _golems(app: web.Application) -> AsyncIterator[None]:
         script,
         app[keys.METRICS],
     )
+    if keys.RELAY_PEERS in app:
+        app[keys.GOLEMS].connected_elsewhere = app[keys.RELAY_PEERS].elsewhere
     yield
 
 
@@ -249,7 +297,10 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     # A daemon that goes is forgotten at once, not when its cache entry expires.
     app[keys.DAEMONS].on_removed.append(upstreams.forget)
     app[keys.RECONCILER].on_closed.append(upstreams.forget)
+    front = app[keys.FRONT]
+    front.open(upstreams, app[keys.DAEMONS].running)
     yield
+    front.close()
     await upstreams.close()
 
 

@@ -15,11 +15,18 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BadRequest, Conflict, ImageNotFound, NoCredits, NotFound
+from .errors import (
+    BadRequest,
+    Conflict,
+    ImageNotFound,
+    NoCredits,
+    NotFound,
+    ServiceUnavailable,
+)
 from .keyedlocks import KeyedLocks
 from .ledger import Ledger
 from .ledger.lookup import RunningDaemon, find_running_daemon, find_running_daemons_named
@@ -39,6 +46,9 @@ from .runtime.base import (
 )
 from .settings import Settings
 from .tokens import Claims
+
+# (where, subject, container name, cmd, timeout) -> the exec result there.
+RemoteExec = Callable[[OnAnotherNode, str, str, list[str], float], Awaitable[dict[str, Any]]]
 
 log = logging.getLogger("herder.daemons")
 
@@ -207,6 +217,8 @@ class DaemonService:
         # Called with the container name of each daemon removed (the proxy
         # forgets its address at once: Docker may hand it to another daemon).
         self.on_removed: list[Callable[[str], None]] = []
+        # Exec in a daemon on another node (the replica there, `herder.peers`).
+        self.remote_exec: RemoteExec | None = None
 
     def _labels(self, subject: str) -> dict[str, str]:
         return {
@@ -353,7 +365,15 @@ class DaemonService:
     # -- commands and output -----------------------------------------------------
 
     async def exec(self, subject: str, name: str, cmd: list[str], timeout: float) -> dict[str, Any]:
-        """Run `cmd` in the subject's daemon `name` (`NotFound` if there is none)."""
+        """Run `cmd` in the subject's daemon `name` (`NotFound` if there is none);
+        on another node, through its replica (503 when that one cannot be reached)."""
+        daemon = await self.find_owned(subject, name)
+        return await self._exec_in(daemon, cmd, timeout, subject=subject, strict=True)
+
+    async def exec_here(
+        self, subject: str, name: str, cmd: list[str], timeout: float
+    ) -> dict[str, Any]:
+        """`exec` on this node's engine only (what a peer asks of this replica)."""
         return await self._exec_in(await self.find_owned(subject, name), cmd, timeout)
 
     async def exec_group(
@@ -361,13 +381,24 @@ class DaemonService:
     ) -> list[dict[str, Any]]:
         """Run `cmd` in every daemon of the subject's `group` at once, by container name."""
         daemons = await self.owned(subject, group=group)
-        results = await asyncio.gather(*(self._exec_in(d, cmd, timeout) for d in daemons))
+        results = await asyncio.gather(
+            *(self._exec_in(d, cmd, timeout, subject=subject) for d in daemons)
+        )
         return sorted(results, key=lambda r: str(r["Name"]))
 
     async def _exec_in(
-        self, daemon: ContainerInfo, cmd: list[str], timeout: float
+        self,
+        daemon: ContainerInfo,
+        cmd: list[str],
+        timeout: float,
+        *,
+        subject: str | None = None,
+        strict: bool = False,
     ) -> dict[str, Any]:
-        """Run `cmd` in one daemon; a stopped daemon is reported, not raised."""
+        """Run `cmd` in one daemon; a stopped daemon is reported, not raised.
+        Given the `subject`, a daemon on another node runs it through the
+        `remote_exec` hook (the replica there); an unreachable replica is
+        raised when `strict`, else reported."""
         entry: dict[str, Any] = {
             "Name": daemon.name,
             "Daemon": daemon.labels.get(LABEL_NAME, daemon.name),
@@ -379,8 +410,16 @@ class DaemonService:
                 daemon.id, cmd, timeout=timeout, limit=EXEC_OUTPUT_LIMIT
             )
         except (NotFound, Conflict) as exc:
-            # A daemon on another node of a Swarm: the message names the node.
-            error = exc.message if isinstance(exc, OnAnotherNode) else "not running"
+            if isinstance(exc, OnAnotherNode) and subject and self.remote_exec is not None:
+                try:
+                    return await self.remote_exec(exc, subject, daemon.name, cmd, timeout)
+                except ServiceUnavailable as unreachable:
+                    if strict:
+                        raise
+                    error = unreachable.message
+            else:
+                # A daemon on another node of a Swarm: the message names the node.
+                error = exc.message if isinstance(exc, OnAnotherNode) else "not running"
             return {**entry, "ExitCode": None, "StdOut": "", "StdErr": "", "Error": error}
         return {
             **entry,

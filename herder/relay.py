@@ -312,6 +312,10 @@ class Relay:
     def connected(self, webstrate: str) -> bool:
         return webstrate in self._golems
 
+    def webstrates(self) -> list[str]:
+        """The webstrates whose golem's control socket is connected here."""
+        return list(self._golems)
+
     # -- golem control socket --------------------------------------------------
 
     def claim_golem(

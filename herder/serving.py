@@ -13,6 +13,10 @@ these guards, which aiohttp's own server does not have.
 - **Header read timeout**: a connection's first request head must be in
   within `header_timeout` seconds (408 and closed); later requests on a
   keep-alive connection within the keep-alive timeout (`KEEPALIVE_TIMEOUT`).
+- **Front door**: with a `Front` (the proxy's, `herder.proxy.front`), a
+  new connection starts with the front's protocol, which answers what it
+  can itself and hands the connection (with the bytes it read) to aiohttp's
+  request handler otherwise; the guards above count and time both alike.
 - **Body read deadline**: while a handler waits for a request body, the
   client must send at least `body_min_rate` bytes a second, counted over
   windows of `body_rate_window` seconds; a slower one is cut (the handler's
@@ -29,7 +33,7 @@ import resource
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import streams, web, web_protocol
 
@@ -97,6 +101,25 @@ class Guards:
         )
 
 
+class FrontConnection(Protocol):
+    def close_idle(self) -> None:
+        """Take no further request; close at once when none is being answered."""
+
+    async def shutdown(self, timeout: float | None) -> None:
+        """Close once the request being answered is (within `timeout`, then cancelled)."""
+
+
+class Front(Protocol):
+    """Makes the protocol a new connection starts with (`herder.proxy.front`),
+    while `ready`; it calls back the server's `opened`, `head_received`,
+    `hand_over` and `closed`."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def connection(self, door: GuardedServer) -> FrontConnection: ...
+
+
 @dataclass(eq=False)
 class _Connection:
     peer: str
@@ -116,42 +139,104 @@ class GuardedServer(web.Server):
     (`GuardedRunner`), since the application builds its server itself."""
 
     guards: Guards
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
 
-    def install(self, guards: Guards) -> None:
+    def install(self, guards: Guards, front: Front | None = None) -> None:
         self.guards = guards
-        self._guarded: dict[web_protocol.RequestHandler, _Connection] = {}
+        self.front = front
+        # Keyed by aiohttp's request handler, or the front's connection.
+        self._guarded: dict[object, _Connection] = {}
+        self._fronts: set[FrontConnection] = set()
+        self._handing: dict[asyncio.Transport, _Connection] = {}
         self._per_peer: dict[str, int] = {}
         self._bodies: dict[streams.StreamReader, _Body] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._inner_factory = self.request_factory
         self.request_factory = self._make_guarded_request
 
+    def __call__(self) -> Any:
+        """The protocol of a new connection: the front's while it is ready."""
+        front = self.front
+        if front is not None and front.ready:
+            return front.connection(self)
+        return super().__call__()
+
     def connection_made(
         self, handler: web_protocol.RequestHandler, transport: asyncio.Transport
     ) -> None:
         super().connection_made(handler, transport)
+        handed = self._handing.pop(transport, None)
+        if handed is not None:  # from the front: counted, timed already
+            self._guarded[handler] = handed
+            return
+        refused = self._admit(handler, transport)
+        if refused is not None:
+            self._refuse(handler, transport, refused)
+
+    def _admit(self, key: object, transport: asyncio.Transport) -> str | None:
+        """Count a new connection in (and time its head), or say why not."""
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
         count = self._per_peer.get(peer, 0)
         if len(self._guarded) >= self.guards.max_connections:
-            self._refuse(handler, transport, "the herder has too many open connections")
-            return
+            return "the herder has too many open connections"
         if count >= self.guards.per_client:
-            self._refuse(handler, transport, "too many open connections from your address")
-            return
+            return "too many open connections from your address"
         connection = _Connection(peer)
         connection.header_timer = self._loop.call_later(
-            self.guards.header_timeout, self._header_timed_out, handler, transport
+            self.guards.header_timeout, self._header_timed_out, connection, transport
         )
-        self._guarded[handler] = connection
+        self._guarded[key] = connection
         self._per_peer[peer] = count + 1
         self._ensure_sweeper()
+        return None
 
     def connection_lost(
         self, handler: web_protocol.RequestHandler, exc: BaseException | None = None
     ) -> None:
         super().connection_lost(handler, exc)
-        connection = self._guarded.pop(handler, None)
+        self._forget(handler)
+
+    # -- the front door's calls (`Front`) -------------------------------------------------
+
+    def opened(self, connection: FrontConnection, transport: asyncio.Transport) -> bool:
+        refused = self._admit(connection, transport)
+        if refused is None:
+            self._fronts.add(connection)
+            return True
+        transport.pause_reading()
+        with contextlib.suppress(Exception):
+            transport.write(_answer(_REFUSED, refused))
+        transport.close()
+        return False
+
+    def head_received(self, connection: FrontConnection) -> None:
+        guarded = self._guarded.get(connection)
+        if guarded is not None and guarded.header_timer is not None:
+            guarded.header_timer.cancel()
+            guarded.header_timer = None
+
+    def closed(self, connection: FrontConnection) -> None:
+        self._fronts.discard(connection)
+        self._forget(connection)
+
+    def hand_over(
+        self, connection: FrontConnection, transport: asyncio.Transport, data: bytes
+    ) -> None:
+        """aiohttp's request handler takes over the connection (counted and
+        timed on as it was), `data` its first bytes."""
+        self._fronts.discard(connection)
+        guarded = self._guarded.pop(connection, None)
+        if guarded is not None:
+            self._handing[transport] = guarded
+        handler = super().__call__()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if data:
+            handler.data_received(data)
+
+    def _forget(self, key: object) -> None:
+        connection = self._guarded.pop(key, None)
         if connection is None:
             return
         if connection.header_timer is not None:
@@ -172,11 +257,8 @@ class GuardedServer(web.Server):
         # hook returns, and must not find its connection already lost).
         self._loop.call_soon(self._loop.call_soon, _close, handler)
 
-    def _header_timed_out(
-        self, handler: web_protocol.RequestHandler, transport: asyncio.Transport
-    ) -> None:
-        connection = self._guarded.get(handler)
-        if connection is None or connection.header_timer is None:
+    def _header_timed_out(self, connection: _Connection, transport: asyncio.Transport) -> None:
+        if connection.header_timer is None:
             return
         connection.header_timer = None
         with contextlib.suppress(Exception):
@@ -239,6 +321,11 @@ class GuardedServer(web.Server):
         if self._guarded or self._bodies:
             self._ensure_sweeper()
 
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        for front in list(self._fronts):
+            front.close_idle()
+
     async def shutdown(self, timeout: float | None = None) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -246,6 +333,7 @@ class GuardedServer(web.Server):
         for connection in self._guarded.values():
             if connection.header_timer is not None:
                 connection.header_timer.cancel()
+        await asyncio.gather(*(front.shutdown(timeout) for front in list(self._fronts)))
         await super().shutdown(timeout)
 
 
@@ -257,15 +345,18 @@ def _close(handler: web_protocol.RequestHandler) -> None:
 class GuardedRunner(web.AppRunner):
     """`web.AppRunner` whose server is a `GuardedServer`."""
 
-    def __init__(self, app: web.Application, guards: Guards, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, guards: Guards, front: Front | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.guards = guards
+        self.front = front
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = GuardedServer  # adds methods only, no new layout
         assert isinstance(server, GuardedServer)
-        server.install(self.guards)
+        server.install(self.guards, self.front)
         return server
 
 
@@ -275,13 +366,19 @@ def run(
     guards: Guards,
     loop: asyncio.AbstractEventLoop,
     on_ready: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    front: Front | None = None,
 ) -> None:
     """Serve `app` on `loop` until SIGINT or SIGTERM (as `web.run_app`, with
-    the guards); the loop is closed at the end."""
+    the guards and the `front` door); the loop is closed at the end."""
 
     async def serve() -> None:
         runner = GuardedRunner(
-            app, guards, access_log=None, handle_signals=True, keepalive_timeout=KEEPALIVE_TIMEOUT
+            app,
+            guards,
+            front,
+            access_log=None,
+            handle_signals=True,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
         await runner.setup()
         try:

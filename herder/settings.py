@@ -354,6 +354,24 @@ class Settings:
         "open-files limit leaves for clients",
         minimum=0,
     )
+    cluster_secret: str = _setting(
+        "",
+        _parse_str,
+        "shared secret of a cluster's replicas (at least 32 characters): signs the "
+        "herder-to-herder channel; empty: no peer channel",
+        secret=True,
+    )
+    cluster_secret_file: Path | None = _setting(
+        None,
+        lambda s: Path(s) if s.strip() else None,
+        "a file holding CLUSTER_SECRET (a Docker secret, e.g. /run/secrets/herder_cluster)",
+    )
+    peer_url: str = _setting(
+        "",
+        _parse_str,
+        "how the other replicas reach this one; default http://<this node's Swarm address>:PORT "
+        "(with the swarm runtime), else http://127.0.0.1:PORT",
+    )
     uvloop: bool = _setting(
         True, _parse_bool, "serve on uvloop's event loop when it is installed (it is a dependency)"
     )
@@ -484,7 +502,44 @@ class Settings:
                 f"HERDER_CHANNEL_PREFIX: bad value {self.channel_prefix[:100]!r}: expected "
                 "dot-separated words of letters, digits, '_', '-' (at most 100 characters)"
             )
+        changes.update(_cluster(self))
         return dataclasses.replace(self, **changes)
+
+
+MIN_CLUSTER_SECRET = 32
+
+
+def _cluster(settings: Settings) -> dict[str, Any]:
+    """The cluster secret (from its file when given: a Docker secret) and the peer URL."""
+    changes: dict[str, Any] = {}
+    secret = settings.cluster_secret
+    if settings.cluster_secret_file is not None:
+        if secret:
+            raise SettingsError(
+                "HERDER_CLUSTER_SECRET_FILE: give the cluster secret or its file, not both"
+            )
+        try:
+            secret = settings.cluster_secret_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise SettingsError(
+                f"HERDER_CLUSTER_SECRET_FILE: cannot read {str(settings.cluster_secret_file)!r}: "
+                f"{reason or exc}"
+            ) from None
+        changes["cluster_secret"] = secret
+    if secret and (len(secret) < MIN_CLUSTER_SECRET or not secret.isprintable()):
+        raise SettingsError(
+            f"HERDER_CLUSTER_SECRET: expected at least {MIN_CLUSTER_SECRET} printable "
+            "characters (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    if settings.peer_url:
+        parts = urlsplit(settings.peer_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SettingsError(
+                f"HERDER_PEER_URL: bad value {settings.peer_url!r}: expected an http(s) URL"
+            )
+        changes["peer_url"] = settings.peer_url.rstrip("/")
+    return changes
 
 
 def check_redis_url(url: str) -> None:

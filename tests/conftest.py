@@ -17,9 +17,11 @@ from typing import Any
 
 import aiodocker
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import BaseRunner, TestClient, TestServer
 
-from herder.app import create_app
+from herder import serving
+from herder.app import create_app, proxy_front
 from herder.ledger import Ledger
 from herder.settings import Settings
 from herder.signing import INSTANCE_FILE, load_keypair
@@ -36,7 +38,7 @@ POSTGRES_URL = os.environ.get(
     "HERDER_TEST_POSTGRES_URL", "postgresql+asyncpg://herder:herder@127.0.0.1:5432/herder_test"
 )
 # Test modules whose tests run once on each event loop (see the hook below).
-UVLOOP_MODULES = frozenset({"test_proxy", "test_upstream"})
+UVLOOP_MODULES = frozenset({"test_proxy", "test_upstream", "test_front"})
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
@@ -73,6 +75,36 @@ async def client(
 ) -> AsyncIterator[TestClient[Any, Any]]:
     app = create_app(settings)
     yield await aiohttp_client(app)
+
+
+class ServedTestServer(TestServer):
+    """The app behind the server `herder serve` runs: its guards and the
+    proxy's front door (`herder.serving`), its keep-alive timeout, no
+    handler cancellation."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        super().__init__(app)
+        self.guards = serving.Guards.from_settings(settings, open_files=4096)
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs.pop("handler_cancellation", None)
+        return serving.GuardedRunner(
+            self.app,
+            self.guards,
+            proxy_front(self.app),
+            access_log=None,
+            keepalive_timeout=serving.KEEPALIVE_TIMEOUT,
+            **kwargs,
+        )
+
+
+@pytest.fixture
+async def served_client(
+    settings: Settings, aiohttp_client: Callable[..., Any]
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """`client`, through the server `herder serve` runs (`ServedTestServer`)."""
+    app = create_app(settings)
+    yield await aiohttp_client(ServedTestServer(app, settings))
 
 
 TokenMaker = Callable[..., str]

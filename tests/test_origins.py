@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
 from herder.settings import Settings
 
@@ -62,6 +63,12 @@ class Page(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("", 8080), Page).serve_forever()
 """
+
+
+@pytest.fixture
+def client(served_client: TestClient[Any, Any]) -> TestClient[Any, Any]:
+    """Through the server `herder serve` runs, the proxy's front door included."""
+    return served_client
 
 
 @pytest.fixture

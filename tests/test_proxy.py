@@ -28,6 +28,12 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
+def client(served_client: TestClient[Any, Any]) -> TestClient[Any, Any]:
+    """Through the server `herder serve` runs, the proxy's front door included."""
+    return served_client
+
+
+@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data", daemon_bind_address="127.0.0.1")
 

@@ -22,6 +22,7 @@ from . import (
     metrics,
     minions,
     node,
+    peer,
     proxy,
     relay,
     tokens,
@@ -38,6 +39,7 @@ ROUTES: tuple[web.RouteTableDef, ...] = (
     golems.routes,
     proxy.routes,
     attach.routes,
+    peer.routes,
     credits.routes,
     console.routes,
 )
@@ -57,6 +59,7 @@ DOCS: tuple[Docs, ...] = tuple(
         proxy,
         golems,
         relay,
+        peer,
         console,
     )
 )

@@ -16,7 +16,7 @@ import contextlib
 
 from aiohttp import WSMsgType, web
 
-from ..attach import CLOSE_STDIN, MAX_TAIL, AttachSession, Subscriber
+from ..attach import CLOSE_LOST, CLOSE_STDIN, MAX_TAIL, AttachSession, Subscriber
 from ..errors import BadRequest, HerderError, Unauthorized
 from ..openapi import (
     BAD_INPUT,
@@ -31,7 +31,8 @@ from ..openapi import (
     Param,
     obj,
 )
-from ..runtime.base import OutputChunk
+from ..peers import PeerService, bridge
+from ..runtime.base import OnAnotherNode, OutputChunk
 from ..tokens import Claims
 from . import keys
 from .auth import require_claims, token_from_request
@@ -50,12 +51,51 @@ async def attach(request: web.Request) -> web.StreamResponse:
     daemon = await request.app[keys.DAEMONS].find_running(claims.sub, request.match_info["name"])
     if bound is not None and bound != daemon.container_name:
         raise Unauthorized("this attach ticket is for another daemon")
-    tail = _tail(request.query.get("tail"))
-    binary = query_flag(request.query.get("binary"), strict="binary")
+    tail, binary = attach_query(request)
     async with request.app[keys.STREAMS].hold(claims.sub):
-        return await serve_attach(
-            request, daemon.container_id or daemon.container_name, tail, binary
-        )
+        try:
+            return await serve_attach(
+                request, daemon.container_id or daemon.container_name, tail, binary
+            )
+        except OnAnotherNode as where:
+            peers = request.app.get(keys.PEERS)
+            if peers is None:
+                raise
+            return await _attach_elsewhere(
+                request, peers, where, claims.sub, daemon.container_name, tail, binary
+            )
+
+
+def attach_query(request: web.Request) -> tuple[int, bool]:
+    """`?tail=` and `?binary=` of an attach socket."""
+    tail = _tail(request.query.get("tail"))
+    return tail, query_flag(request.query.get("binary"), strict="binary")
+
+
+async def _attach_elsewhere(
+    request: web.Request,
+    peers: PeerService,
+    where: OnAnotherNode,
+    subject: str,
+    name: str,
+    tail: int,
+    binary: bool,
+) -> web.StreamResponse:
+    """The daemon runs on another node: carry the socket to the replica there."""
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=WS_MAX_MESSAGE)
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("expected a WebSocket upgrade")
+    query = {"tail": str(tail), "binary": "1" if binary else "0"}
+    upstream = await peers.attach_on(where, subject, name, query, max_msg_size=WS_MAX_MESSAGE)
+    try:
+        await ws.prepare(request)
+        with request.app[keys.METRICS].websocket("attach"):
+            await bridge(
+                ws, upstream, lost=(CLOSE_LOST[0], f"lost the replica on node {where.hostname}")
+            )
+    finally:
+        await upstream.close()
+    return ws
 
 
 async def _attach_claims(request: web.Request) -> tuple[Claims, str | None]:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..minions import MinionService
     from ..openapi import Docs
+    from ..peers import PeerService, RelayDirectory
+    from ..proxy.front import ProxyFront
     from ..proxy.upstreams import Upstreams
     from ..reconcile import Reconciler
     from ..relay import Relay
@@ -46,9 +48,14 @@ DAEMONS: web.AppKey[DaemonService] = web.AppKey("daemons")
 METER: web.AppKey[Meter] = web.AppKey("meter")
 RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
 UPSTREAMS: web.AppKey[Upstreams] = web.AppKey("upstreams")
+FRONT: web.AppKey[ProxyFront] = web.AppKey("front")
 ATTACH: web.AppKey[AttachHub] = web.AppKey("attach")
 STREAMS: web.AppKey[StreamLimits] = web.AppKey("streams")
 TICKETS: web.AppKey[AttachTickets] = web.AppKey("tickets")
 # Every resource's OpenAPI docs (`herder.api.DOCS`), for `/openapi.json`.
 API_DOCS: web.AppKey[tuple[Docs, ...]] = web.AppKey("api_docs")
 CHANNELS: web.AppKey[ChannelService] = web.AppKey("channels")
+# The herder-to-herder channel; only with `CLUSTER_SECRET`.
+PEERS: web.AppKey[PeerService] = web.AppKey("peers")
+# Which replica holds each golem control socket; only with `CLUSTER_SECRET`.
+RELAY_PEERS: web.AppKey[RelayDirectory] = web.AppKey("relay_peers")

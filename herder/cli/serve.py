@@ -7,7 +7,7 @@ import logging
 import sys
 
 from .. import serving
-from ..app import create_app
+from ..app import create_app, proxy_front
 from ..ledger.migrate import SchemaBehind
 from ..logfmt import JsonFormatter as JsonFormatter
 from ..logfmt import configure_logging as _configure
@@ -46,7 +46,8 @@ def serve(settings: Settings) -> int:
     loop = event_loop(settings)
     log.info("event loop: %s", type(loop).__module__.split(".")[0])
     try:
-        serving.run(create_app(settings), settings, guards, loop)
+        app = create_app(settings)
+        serving.run(app, settings, guards, loop, front=proxy_front(app))
     except SchemaBehind as exc:
         print(f"herder: {exc}", file=sys.stderr)
         return 2

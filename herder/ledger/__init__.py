@@ -28,6 +28,7 @@ from .engine import make_engines
 from .holds import CreditHold, HoldRows, StreamHold
 from .leases import Leases
 from .models import Account, Charge, Grant, Hold, MeterPosition, Revocation, Workload
+from .peers import Peers
 from .registry import TickResult, WorkloadRegistry, accrual
 
 __all__ = [
@@ -67,7 +68,7 @@ class Usage:
     charges: list[Charge]
 
 
-class Ledger(WorkloadRegistry, Leases, HoldRows):
+class Ledger(WorkloadRegistry, Leases, HoldRows, Peers):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine, self.read_engine = make_engines(url)

@@ -184,3 +184,15 @@ class Hold(Base):
         Index("ix_holds_instance", "kind", "instance"),
         Index("ix_holds_expires", "expires_at"),
     )
+
+
+class Peer(Base):
+    """A replica of a cluster: its node, the URL the others reach it at, and
+    until when (epoch milliseconds) it counts as alive unless it renews."""
+
+    __tablename__ = "peers"
+    __table_args__ = (Index("ix_peers_node", "node"),)
+    replica: Mapped[str] = mapped_column(String(128), primary_key=True)
+    node: Mapped[str] = mapped_column(String(128), nullable=False)
+    url: Mapped[str] = mapped_column(String(512), nullable=False)
+    expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)

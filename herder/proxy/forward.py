@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ..errors import NotFound, UpstreamError, UpstreamTimeout
+from ..errors import HerderError, NotFound, UpstreamError, UpstreamTimeout
 from ..ledger.lookup import RunningDaemon
 from ..metrics import Metrics
 from .lean import UpstreamBroken, UpstreamUnreachable
@@ -101,10 +101,8 @@ async def forward(
     query = _query_without_token(request)
     websocket = _is_websocket_upgrade(request)
     headers = _upstream_headers(request, prefix, websocket)
-    if not websocket and request.method in _LEAN_METHODS and not request.body_exists:
-        head = _request_head(
-            request.method, daemon.address, daemon.first_port, path, query, headers
-        )
+    if not websocket and request.method in LEAN_METHODS and not request.body_exists:
+        head = request_head(request.method, daemon.address, daemon.first_port, path, query, headers)
         if head is not None:
             return await _relay_lean(request, upstreams, metrics, head, daemon, prefix)
     target = URL.build(
@@ -133,6 +131,11 @@ def _query_without_token(request: web.Request) -> str:
     raw = request.rel_url.raw_query_string
     if not raw or "token" not in request.query:
         return raw
+    return strip_token(raw)
+
+
+def strip_token(raw: str) -> str:
+    """A raw query string minus the parameters named `token` (however encoded)."""
     return "&".join(
         part for part in raw.split("&") if unquote_plus(part.partition("=")[0]) != "token"
     )
@@ -157,7 +160,15 @@ def _decompressed(headers: Headers) -> bool:
 
 
 def _upstream_headers(request: web.Request, prefix: str, websocket: bool) -> CIMultiDict[str]:
-    incoming = request.headers
+    return upstream_headers(
+        request.headers, request.remote or "", request.scheme, request.host, prefix, websocket
+    )
+
+
+def upstream_headers(
+    incoming: Headers, remote: str, scheme: str, host: str, prefix: str, websocket: bool
+) -> CIMultiDict[str]:
+    """The headers a request from `remote` (for `host`, over `scheme`) goes on with."""
     named = _connection_named(incoming)
     # A decompressed body goes on plain, chunked: its coding and length are gone.
     dropped = _BODY_CODING_HEADERS if _decompressed(incoming) else frozenset()
@@ -169,18 +180,17 @@ def _upstream_headers(request: web.Request, prefix: str, websocket: bool) -> CIM
         if websocket and lower in WEBSOCKET_HANDSHAKE_HEADERS:
             continue
         out.add(key, value)
-    remote = request.remote or ""
     earlier = incoming.get("X-Forwarded-For")
     out["X-Forwarded-For"] = f"{earlier}, {remote}" if earlier else remote
-    out["X-Forwarded-Proto"] = request.scheme
-    out["X-Forwarded-Host"] = request.host
+    out["X-Forwarded-Proto"] = scheme
+    out["X-Forwarded-Host"] = host
     if prefix:
         out["X-Forwarded-Prefix"] = prefix
     out["X-Real-IP"] = remote
     return out
 
 
-def _copy_downstream_headers(
+def copy_downstream_headers(
     incoming: Headers,
     daemon: RunningDaemon,
     prefix: str,
@@ -240,7 +250,7 @@ def _is_websocket_upgrade(request: web.Request) -> bool:
     )
 
 
-def _upstream_failure(exc: BaseException, host: str | None) -> Exception:
+def upstream_failure(exc: BaseException, host: str | None) -> HerderError:
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("the daemon did not answer in time")
     log.info("upstream %s failed: %r", host, exc)
@@ -264,7 +274,7 @@ _AIOHTTP_FAILURES = _Failures(
     broken=(TimeoutError, aiohttp.ClientError),
     gone=(ConnectionResetError, aiohttp.ClientConnectionResetError),
 )
-_LEAN_FAILURES = _Failures(
+LEAN_FAILURES = _Failures(
     reading=(TimeoutError, UpstreamBroken, OSError),
     broken=(TimeoutError, UpstreamBroken),
     gone=(ConnectionResetError,),
@@ -295,7 +305,7 @@ async def _relay_http(
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if isinstance(exc, aiohttp.ClientConnectorError):
                 upstreams.forget(daemon.container_name)
-            raise _upstream_failure(exc, target.host) from None
+            raise upstream_failure(exc, target.host) from None
         async with upstream:
             return await _answer(
                 request,
@@ -354,13 +364,13 @@ async def _answer(
         try:
             content = await read_all()
         except failures.reading as exc:
-            raise _upstream_failure(exc, daemon.address) from None
+            raise upstream_failure(exc, daemon.address) from None
         counted.returned = len(content)
         small = web.Response(body=content, status=status, reason=reason)
-        _copy_downstream_headers(headers, daemon, prefix, small.headers, length=False)
+        copy_downstream_headers(headers, daemon, prefix, small.headers, length=False)
         return small
     response = web.StreamResponse(status=status, reason=reason)
-    _copy_downstream_headers(headers, daemon, prefix, response.headers, length=True)
+    copy_downstream_headers(headers, daemon, prefix, response.headers, length=True)
     try:
         await response.prepare(request)
         async for chunk in chunks():
@@ -378,10 +388,10 @@ async def _answer(
 
 # -- HTTP, the lean way: plain GET and HEAD -------------------------------------------
 
-_LEAN_METHODS = frozenset({"GET", "HEAD"})
+LEAN_METHODS = frozenset({"GET", "HEAD"})
 
 
-def _request_head(
+def request_head(
     method: str, host: str, port: int, path: str, query: str, headers: CIMultiDict[str]
 ) -> bytes | None:
     """The request head as aiohttp's client would write it (None when a
@@ -423,7 +433,7 @@ async def _relay_lean(
         except (TimeoutError, UpstreamBroken, OSError) as exc:
             if isinstance(exc, UpstreamUnreachable):
                 upstreams.forget(daemon.container_name)
-            raise _upstream_failure(exc, daemon.address) from None
+            raise upstream_failure(exc, daemon.address) from None
         try:
             return await _answer(
                 request,
@@ -436,7 +446,7 @@ async def _relay_lean(
                 length=upstream.content_length,
                 read_all=upstream.body.read_all,
                 chunks=lambda: upstream.body.chunks(CHUNK),
-                failures=_LEAN_FAILURES,
+                failures=LEAN_FAILURES,
             )
         finally:
             upstream.close()
@@ -481,7 +491,7 @@ async def _relay_websocket(
     except aiohttp.WSServerHandshakeError as exc:
         raise UpstreamError(f"the daemon refused the WebSocket upgrade ({exc.status})") from None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise _upstream_failure(exc, target.host) from None
+        raise upstream_failure(exc, target.host) from None
     client = web.WebSocketResponse(
         protocols=[upstream.protocol] if upstream.protocol else (),
         autoclose=False,

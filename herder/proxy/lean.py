@@ -126,7 +126,7 @@ class UpstreamPool:
                         ) from None
                     except asyncio.LimitOverrunError:
                         raise UpstreamBroken("response head too large") from None
-                    version, status, reason, headers = _parse_head(raw)
+                    version, status, reason, headers = parse_head(raw)
                     if status >= 200:
                         return _response(
                             self, conn, version, status, reason, headers, head_request, read_timeout
@@ -137,6 +137,32 @@ class UpstreamPool:
         except BaseException:
             conn.close()
             raise
+
+    def adopt(
+        self,
+        key: tuple[str, int],
+        transport: asyncio.Transport,
+        buffered: bytes,
+        version: str,
+        status: int,
+        reason: str,
+        headers: CIMultiDict[str],
+        head_request: bool,
+        read_timeout: float,
+    ) -> UpstreamResponse:
+        """The response whose head another protocol read off `transport`
+        (`buffered`: what it read past the head), its body read here; the
+        connection joins this pool's afterwards."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=HEAD_LIMIT, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if buffered:
+            reader.feed_data(buffered)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        conn = _Connection(key, reader, writer)
+        return _response(self, conn, version, status, reason, headers, head_request, read_timeout)
 
     def _acquire(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)
@@ -201,17 +227,21 @@ class UpstreamPool:
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_BUT_CRLF = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.1 field names
 
 
-def _parse_head(raw: bytes) -> tuple[str, int, str, CIMultiDict[str]]:
+def parse_head(raw: bytes) -> tuple[str, int, str, CIMultiDict[str]]:
     """Status line and headers of a response head (ending in CRLF CRLF)."""
-    lines = raw[:-4].decode("utf-8", "surrogateescape").split("\r\n")
-    for line in lines:
-        # A bare CR or LF, NUL or another control character (tabs aside) is
-        # refused, as llhttp refuses it: passed on, it would split a header.
-        if _CONTROL.search(line):
-            raise UpstreamBroken(f"control character in the response head: {line[:80]!r}")
+    text = raw[:-4].decode("utf-8", "surrogateescape")
+    # A bare CR or LF, NUL or another control character (tabs aside) is
+    # refused, as llhttp refuses it: passed on, it would split a header.
+    crlf = text.count("\r\n")
+    if _CONTROL_BUT_CRLF.search(text) or text.count("\r") != crlf or text.count("\n") != crlf:
+        for line in text.split("\r\n"):
+            if _CONTROL.search(line):
+                raise UpstreamBroken(f"control character in the response head: {line[:80]!r}")
+    lines = text.split("\r\n")
     status_line = lines[0]
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
@@ -241,6 +271,22 @@ def _response(
     read_timeout: float,
 ) -> UpstreamResponse:
     """The final response, its body framed as RFC 9112 6.3 says."""
+    keep_alive, length, framing, remaining = framing_of(version, status, headers, head_request)
+    return UpstreamResponse(
+        status,
+        reason,
+        headers,
+        length,
+        _Body(pool, conn, framing, remaining, keep_alive, read_timeout),
+    )
+
+
+def framing_of(
+    version: str, status: int, headers: CIMultiDict[str], head_request: bool
+) -> tuple[bool, int | None, str, int]:
+    """How a response's body is framed (RFC 9112 6.3): whether the connection
+    stays alive after it, its `Content-Length`, the framing ("length",
+    "chunked" or "close") and the bytes to read (-1: until the framing says)."""
     keep_alive = _keep_alive(version, headers)
     length: int | None = None
     framing = "length"
@@ -258,16 +304,12 @@ def _response(
         framing, remaining = "close", -1
     if framing == "close":
         keep_alive = False
-    return UpstreamResponse(
-        status,
-        reason,
-        headers,
-        length,
-        _Body(pool, conn, framing, remaining, keep_alive, read_timeout),
-    )
+    return keep_alive, length, framing, remaining
 
 
 def _keep_alive(version: str, headers: CIMultiDict[str]) -> bool:
+    if "Connection" not in headers:
+        return version == "HTTP/1.1"
     tokens = {
         t.strip().lower() for value in headers.getall("Connection", ()) for t in value.split(",")
     }
@@ -277,6 +319,10 @@ def _keep_alive(version: str, headers: CIMultiDict[str]) -> bool:
 
 
 def _content_length(headers: CIMultiDict[str]) -> int:
+    given = headers.getall("Content-Length")
+    if len(given) == 1 and given[0].isdigit() and given[0].isascii():  # the usual one
+        if len(given[0]) <= MAX_LENGTH_DIGITS:
+            return int(given[0])
     values = {v.strip() for value in headers.getall("Content-Length") for v in value.split(",")}
     if len(values) != 1:
         raise UpstreamBroken("conflicting Content-Length")

@@ -12,6 +12,7 @@ import aiohttp
 
 from ..ledger.lookup import RunningDaemon
 from .lean import UpstreamPool
+from .links import LinkPool
 
 # Positive lookups are cached this long: a request burst costs one query.
 # Kills and container stops drop the entry at once (wired in `herder.app`).
@@ -32,6 +33,8 @@ class Upstreams:
     pool: UpstreamPool = field(default_factory=UpstreamPool)
 
     def __post_init__(self) -> None:
+        # The front door's links (`herder.proxy.front`): small answers without a task.
+        self.links = LinkPool(self.pool)
         self._cache: dict[str, tuple[float, RunningDaemon]] = {}
         self._loading: dict[str, asyncio.Future[RunningDaemon | None]] = {}
         self._timeout_for: tuple[float, float] | None = None
@@ -100,5 +103,6 @@ class Upstreams:
         self._cache.pop(container_name, None)
 
     async def close(self) -> None:
+        await self.links.close()
         await self.pool.close()
         await self.session.close()

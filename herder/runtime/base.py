@@ -34,6 +34,13 @@ class OnAnotherNode(Conflict):
 
     message = "it runs on another node"
 
+    def __init__(
+        self, message: str | None = None, *, node_id: str = "", hostname: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.hostname = hostname or node_id
+
 
 @dataclass(frozen=True)
 class NodeInfo:

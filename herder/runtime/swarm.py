@@ -471,7 +471,11 @@ class SwarmRuntime:
             nodes = await self._node_map()
             node = nodes.get(str(task.get("NodeID")))
             where = node.hostname if node else str(task.get("NodeID"))
-            raise OnAnotherNode(f"it runs on node {where}: ask the herder replica on that node")
+            raise OnAnotherNode(
+                f"it runs on node {where}: ask the herder replica on that node",
+                node_id=str(task.get("NodeID")),
+                hostname=where,
+            )
         container = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
         if not container:
             raise Conflict("the container is not running")
