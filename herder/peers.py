@@ -343,7 +343,7 @@ def _refused(status: int, answer: Any, where: str, *, signature: bool) -> Herder
     if signature or status == 403:
         log.error(
             "the replica %s refused this one's signature: is CLUSTER_SECRET the same "
-            "on every replica?",
+            "on every replica, and are their clocks within 30 s?",
             where,
         )
         return ServiceUnavailable(f"the herder replica {where} refused this replica")
@@ -467,6 +467,12 @@ class RelayDirectory:
     async def renew(self) -> None:
         for webstrate in self.relay.webstrates():
             await self.claim(webstrate)
+
+    async def elsewhere(self) -> set[str]:
+        """The webstrates whose golem's control socket another live replica holds."""
+        prefix = self._lease("")
+        leases = await self.ledger.live_leases(prefix)
+        return {name[len(prefix) :] for name, holder in leases if holder != self.peers.replica}
 
     async def holder(self, webstrate: str) -> str | None:
         """The URL of the other replica holding the webstrate's golem, if one does."""

@@ -34,31 +34,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from herder.signing import load_keypair
 from herder.tokens import TokenService
 
-from .chromium import CHROMEDRIVER, FLAGS, chromium_binary
 from .conftest import make_settings
+from .console_page import ARTIFACTS, Page, selenium_chromium
 from .images import build_on_busybox, ensure_busybox_image
 
 ROOT = Path(__file__).resolve().parent.parent
 HERDER = [sys.executable, "-m", "herder"]
-ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
 DOWNLOADS = ARTIFACTS / "downloads"
 # A daemon serving /minion on port 80 and echoing its stdin to its stdout.
 WEB_IMAGE = "herder-test/busybox-console:1"
 WEB_CMD = ["sh", "-c", "httpd -p 80 -h /minion && echo daemon ready && exec cat"]
 # A golem stand-in that stays up (the page only lists and controls it).
 GOLEM_IMAGE = "herder-test/busybox-golem:1"
-WAIT = 30
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -178,88 +172,10 @@ def herder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herder]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    """Debian's Chromium, headless, with the flags this machine's closed network needs."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium_binary()
-    for flag in (
-        *FLAGS,
-        "--window-size=1360,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     shutil.rmtree(DOWNLOADS, ignore_errors=True)
     DOWNLOADS.mkdir(parents=True)
-    options.add_experimental_option(
-        "prefs",
-        {"download.default_directory": str(DOWNLOADS), "download.prompt_for_download": False},
-    )
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT)
-    try:
+    with selenium_chromium(tmp_path_factory.mktemp("chromium-profile"), DOWNLOADS) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-class Page:
-    """The console in the browser: waits, finds and screenshots."""
-
-    def __init__(self, driver: WebDriver, url: str) -> None:
-        self.driver = driver
-        self.url = url
-        self.shots: set[str] = set()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-
-    def until(self, what: Callable[[], Any], message: str, timeout: float = WAIT) -> Any:
-        def check(_: Any) -> Any:
-            try:
-                return what()
-            except WebDriverException:
-                return None
-
-        try:
-            return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(check)
-        except Exception:
-            self.driver.save_screenshot(str(ARTIFACTS / f"failed-{secrets.token_hex(2)}.png"))
-            raise AssertionError(f"{message}; page error: {self.text('error-text')!r}") from None
-
-    def click(self, css: str) -> None:
-        """Click what `css` finds, found afresh (lists are redrawn as they refresh)."""
-
-        def attempt() -> bool:
-            self.find(css).click()
-            return True
-
-        self.until(attempt, f"cannot click {css}")
-
-    def find(self, css: str) -> WebElement:
-        return self.driver.find_element(By.CSS_SELECTOR, css)
-
-    def text(self, element_id: str) -> str:
-        try:
-            return str(self.driver.find_element(By.ID, element_id).text)
-        except WebDriverException:
-            return ""
-
-    def visible(self, css: str) -> WebElement | None:
-        found = self.driver.find_elements(By.CSS_SELECTOR, css)
-        return found[0] if found and found[0].is_displayed() else None
-
-    def go(self, hash_: str, page: str) -> None:
-        self.driver.execute_script("location.hash = arguments[0]", hash_)
-        self.until(lambda: self.visible(f"#page-{page}"), f"the {page} page did not show")
-
-    def sign_in(self, token: str) -> None:
-        field = self.find("#signin-token")
-        field.clear()
-        field.send_keys(token)
-        self.find("#signin-form button[type=submit]").click()
-        self.until(lambda: self.visible("#page-daemons"), "the daemons page did not show")
-
-    def shot(self, name: str) -> None:
-        assert self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
-        self.shots.add(name)
 
 
 def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> None:
@@ -557,9 +473,7 @@ def test_port_links_on_the_daemons_own_origin(
                 "index.html": "<h1>on an origin of its own</h1>"}  # fmt: skip
         name = served.call("POST", "/daemon/v1/spawn", token, form=form)["Name"]
         page = Page(browser, served.url)
-        browser.get(served.url + "/console/")
-        page.until(lambda: page.visible("#signin-form"), "no sign-in form")
-        page.sign_in(token)
+        page.open_signed_in(token)
         link = '#daemons-table tr[data-name="site"] a.port'
         own = f"http://{name}.localhost:{served.port}/"
         page.until(lambda: page.find(link).get_attribute("href") == own, "no link to its host")

@@ -227,10 +227,18 @@ async def test_the_relay_works_across_two_replicas(tmp_path: Path) -> None:
             late = await session.ws_connect(f"{two}/minion/v1/connect/{webstrate}?type=late")
             second = await _event(control)
             assert (second["Event"], second["Type"]) == ("minion-connected", "late")
+            # The other replica knows the golem is connected (`golem ls`'s Connected).
+            assert await servers[1].app[appkeys.RELAY_PEERS].elsewhere() == {webstrate}
+            assert await servers[0].app[appkeys.RELAY_PEERS].elsewhere() == set()
             # A second control socket for the webstrate, on the other replica: 409.
             with pytest.raises(aiohttp.WSServerHandshakeError) as taken:
                 await session.ws_connect(f"{two}/golem/v1/connect/{webstrate}")
             assert taken.value.status == 409
+            # An unknown minion is a 404 whether it is asked here or carried there.
+            for minion_id in ("0" * 32, "no-such-minion"):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as unknown:
+                    await session.ws_connect(f"{two}/golem/v1/connect-to/{webstrate}/{minion_id}")
+                assert unknown.value.status == 404
             # Data channels opened on the minions' replica reach the golem's.
             channel = await session.ws_connect(
                 f"{two}/golem/v1/connect-to/{webstrate}/{first['ID']}"
