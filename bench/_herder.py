@@ -27,6 +27,15 @@ MAIN_SH = "exec python3 main.py\n"
 class Herder:
     url: str
     token: str
+    pid: int | None = None  # of `herder serve`, when this run started it
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds process `pid` has used (Linux)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _free_port() -> int:
@@ -89,7 +98,7 @@ async def running_herder(**settings: str) -> AsyncIterator[Herder]:
         url = f"http://127.0.0.1:{port}"
         try:
             await _wait_ready(url, server)
-            yield Herder(url, token)
+            yield Herder(url, token, server.pid)
         finally:
             await asyncio.to_thread(_stop, server)
 

@@ -3,9 +3,10 @@ upstream reached directly on its published port.
 
 Same client, same run: 64 concurrent connections (one aiohttp session each
 way, keep-alive), rounds alternated direct/proxy. Prints requests per
-second and p50/p99 latency of each side by side, the ratio, the event loop
-the herder serves on (`HERDER_UVLOOP`) and the machine's load average
-(the figures are only comparable on an idle machine). Target: proxy
+second and p50/p99 latency of each side by side, the ratio, the CPU time
+`herder serve` spent per proxied request, the event loop the herder serves
+on (`HERDER_UVLOOP`) and the machine's load average (the figures are only
+comparable on an idle machine). Target: proxy
 throughput at least 0.8 of direct.
 
     python -m bench.proxy [--rounds 3] [--seconds 5]
@@ -29,7 +30,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._daemons import running_daemon, wait_http  # noqa: E402
-from bench._herder import running_herder  # noqa: E402
+from bench._herder import cpu_seconds, running_herder  # noqa: E402
 from tests.images import ensure_echo_image  # noqa: E402
 
 CONCURRENCY = 64
@@ -88,11 +89,17 @@ async def main() -> int:
         counts = {"direct": 0, "proxy": 0}
         errors = {"direct": 0, "proxy": 0}
         elapsed = {"direct": 0.0, "proxy": 0.0}
+        herder_cpu = [0.0, 0.0]  # user, system seconds of `herder serve` in proxy rounds
         for _ in range(args.rounds):
             for kind, url in (("direct", direct), ("proxy", proxied)):
                 started = time.monotonic()
+                cpu_before = cpu_seconds(herder.pid) if herder.pid else (0.0, 0.0)
                 done, latencies, failed = await round_of(url, args.seconds)
                 elapsed[kind] += time.monotonic() - started
+                if kind == "proxy" and herder.pid:
+                    cpu_after = cpu_seconds(herder.pid)
+                    herder_cpu[0] += cpu_after[0] - cpu_before[0]
+                    herder_cpu[1] += cpu_after[1] - cpu_before[1]
                 counts[kind] += done
                 errors[kind] += failed
                 totals[kind] += latencies
@@ -109,6 +116,11 @@ async def main() -> int:
             f"  p99 {percentile(totals[kind], 99) * 1000:6.2f} ms  errors {errors[kind]}"
             f"  (mean {statistics.fmean(totals[kind]) * 1000:.2f} ms)"
         )
+    per_request = [seconds * 1e6 / max(1, counts["proxy"]) for seconds in herder_cpu]
+    print(
+        f"herder CPU per proxied request: {sum(per_request):.0f} us "
+        f"(user {per_request[0]:.0f}, system {per_request[1]:.0f})"
+    )
     ratio = rps["proxy"] / rps["direct"]
     print(f"proxy/direct throughput: {ratio:.2f} (target >= {TARGET})")
     return 0 if ratio >= TARGET else 1

@@ -283,7 +283,8 @@ async def _metering(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _golems(app: web.Application) -> AsyncIterator[None]:
-    """Needs the database, the runtime and the relay."""
+    """Needs the database, the runtime, the relay (and, in a cluster, the
+    relay's directory, for whether a golem is connected to another replica)."""
     settings = app[keys.SETTINGS]
     script = await asyncio.to_thread(render_emet, settings.public_url)
     app[keys.GOLEMS] = GolemService(
@@ -295,6 +296,8 @@ async def _golems(app: web.Application) -> AsyncIterator[None]:
         script,
         app[keys.METRICS],
     )
+    if keys.RELAY_PEERS in app:
+        app[keys.GOLEMS].connected_elsewhere = app[keys.RELAY_PEERS].elsewhere
     yield
 
 

@@ -32,6 +32,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -124,6 +125,9 @@ class GolemService:
         self.emet_script = emet_script
         self._webstrate_locks = KeyedLocks()
         self._create_lock = asyncio.Lock()  # count-then-create stays under the cap
+        # The webstrates whose golem's control socket is on another replica
+        # (`herder.peers.RelayDirectory`, in a cluster).
+        self.connected_elsewhere: Callable[[], Awaitable[set[str]]] | None = None
 
     def _labels(self, webstrate: str | None = None) -> dict[str, str]:
         labels = {LABEL_MANAGED: "1", LABEL_KIND: KIND, LABEL_INSTANCE: self.instance}
@@ -131,20 +135,26 @@ class GolemService:
             labels[LABEL_NAME] = webstrate
         return labels
 
-    def _golem(self, info: ContainerInfo) -> Golem:
+    def _golem(self, info: ContainerInfo, elsewhere: set[str] | None = None) -> Golem:
         webstrate = info.labels.get(LABEL_NAME, "")
-        return Golem(webstrate, info, self.relay.connected(webstrate))
+        connected = self.relay.connected(webstrate) or webstrate in (elsewhere or set())
+        return Golem(webstrate, info, connected)
+
+    async def _elsewhere(self) -> set[str]:
+        return set() if self.connected_elsewhere is None else await self.connected_elsewhere()
 
     async def ls(self) -> list[Golem]:
-        containers = await self.runtime.list(self._labels())
-        return sorted((self._golem(c) for c in containers), key=lambda g: g.webstrate)
+        containers, elsewhere = await asyncio.gather(
+            self.runtime.list(self._labels()), self._elsewhere()
+        )
+        return sorted((self._golem(c, elsewhere) for c in containers), key=lambda g: g.webstrate)
 
     async def spawn(self, webstrate: str, owner: Owner) -> tuple[Golem, bool]:
         """The webstrate's running golem, or a new one; True when it is new."""
         async with self._webstrate_locks.hold(webstrate):
             existing = await self._find(webstrate)
             if existing is not None and existing.state == "running":
-                return self._golem(existing), False
+                return self._golem(existing, await self._elsewhere()), False
             if existing is not None:  # exited or dead: replace it
                 await self._remove(webstrate, existing)
             return self._golem(await self._create(webstrate, owner)), True

@@ -106,7 +106,7 @@ async def test_the_peer_channel_refuses_clients_and_does_nothing(lab: Lab) -> No
     try:
         payload = json.dumps({"name": body["Name"], "cmd": ["sh", "-c", "echo > /tmp/pwned"]})
         wrong = PeerAuth(secrets.token_urlsafe(32), "intruder")
-        signed = wrong.sign("POST", "/peer/v1/exec", subject=email, body=payload.encode())
+        signed = wrong.sign("POST", "/peer/v1/exec", to="", subject=email, body=payload.encode())
         async with aiohttp.ClientSession() as session:
             for proof in ({}, signed):
                 headers = {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"}
@@ -200,6 +200,9 @@ async def test_the_relay_works_across_replicas(lab: Lab) -> None:
             minion = await session.ws_connect(f"{ws[1]}/minion/v1/connect/{webstrate}?type=lab")
             announced = json.loads((await control.receive(timeout=15)).data)
             assert (announced["Event"], announced["Type"]) == ("minion-connected", "lab")
+            for replica in lab.replicas:  # every replica says it is connected
+                status, listed = await call("GET", f"{replica}/golem/v1/ls")
+                assert [(g["Webstrate"], g["Connected"]) for g in listed] == [(webstrate, True)]
             path = f"/golem/v1/connect-to/{webstrate}/{announced['ID']}"
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await session.ws_connect(f"{ws[2]}{path}?key=wrong")

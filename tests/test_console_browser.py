@@ -7,10 +7,11 @@ proxied page, follow its logs and read their tail, type into its terminal
 and read the echo (also after the window shrinks, and after a reconnect,
 which replays the recent output first), run a python minion in the
 playground and download its output file, watch the balance fall while the
-daemon runs, drive a golem, read the node and nodes tables, kill it (cancel,
-kill keeping the data, kill with wipe), and be sent back to the sign-in with
-a message by a bad token. A second herder with `PROXY_DOMAIN` shows the
-port links to the daemons' own hosts. A screenshot of each page goes to
+daemon runs, drive a golem (shown connected while its control socket is),
+read the node and nodes tables, kill the daemon (cancel, kill keeping the
+data, kill with wipe), and be sent back to the sign-in with a message by a
+bad token. A second herder with `PROXY_DOMAIN` shows the port links to the
+daemons' own hosts. A screenshot of each page goes to
 tests/artifacts/console/ (git-ignored; the README's are copies in
 docs/console/).
 """
@@ -26,39 +27,36 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
-from herder.signing import load_keypair
+from herder.signing import INSTANCE_FILE, load_keypair
 from herder.tokens import TokenService
 
-from .chromium import CHROMEDRIVER, FLAGS, chromium_binary
 from .conftest import make_settings
+from .console_page import ARTIFACTS, WAIT, Page, selenium_chromium
 from .images import build_on_busybox, ensure_busybox_image
 
 ROOT = Path(__file__).resolve().parent.parent
 HERDER = [sys.executable, "-m", "herder"]
-ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
 DOWNLOADS = ARTIFACTS / "downloads"
 # A daemon serving /minion on port 80 and echoing its stdin to its stdout.
 WEB_IMAGE = "herder-test/busybox-console:1"
 WEB_CMD = ["sh", "-c", "httpd -p 80 -h /minion && echo daemon ready && exec cat"]
 # A golem stand-in that stays up (the page only lists and controls it).
 GOLEM_IMAGE = "herder-test/busybox-golem:1"
-WAIT = 30
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -118,6 +116,19 @@ class Herder:
             self.proc.kill()
             self.proc.wait()
 
+    def golem_control_url(self, webstrate: str) -> str:
+        """The golem's control socket, with the key its container was given."""
+        instance = (self.data_dir / INSTANCE_FILE).read_text().strip()
+        env = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .Config.Env}}",
+             f"golem-{webstrate}-{instance}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        page = next(e for e in json.loads(env) if e.startswith("GOLEM_URL="))
+        key = page.split("#herder-golem-key=", 1)[1]
+        ws = self.url.replace("http://", "ws://")
+        return f"{ws}/golem/v1/connect/{webstrate}?key={urllib.parse.quote(key)}"
+
     def token(self, email: str, credits: int) -> str:
         service = TokenService(load_keypair(self.data_dir), self.settings, ledger=None)  # type: ignore[arg-type]
         return service.create(email, credits, 1)[0]
@@ -144,6 +155,34 @@ class Herder:
             answer = resp.read()
             json_answer = resp.headers.get_content_type() == "application/json"
         return json.loads(answer) if json_answer else answer.decode()
+
+
+@contextmanager
+def _held_websocket(url: str) -> Iterator[None]:
+    """A WebSocket to `url`, held open by a thread of its own for the block."""
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def hold() -> None:
+        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            async with aiohttp.ClientSession() as session, session.ws_connect(url):
+                ready.set()
+                await box["stop"].wait()
+        except Exception as exc:  # handed to the test's thread
+            box["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(hold(),), daemon=True)
+    thread.start()
+    assert ready.wait(WAIT), f"no WebSocket to {url}"
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(WAIT)
 
 
 def _or_none(call: Callable[[], Any]) -> Any:
@@ -178,88 +217,10 @@ def herder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herder]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    """Debian's Chromium, headless, with the flags this machine's closed network needs."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium_binary()
-    for flag in (
-        *FLAGS,
-        "--window-size=1360,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     shutil.rmtree(DOWNLOADS, ignore_errors=True)
     DOWNLOADS.mkdir(parents=True)
-    options.add_experimental_option(
-        "prefs",
-        {"download.default_directory": str(DOWNLOADS), "download.prompt_for_download": False},
-    )
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT)
-    try:
+    with selenium_chromium(tmp_path_factory.mktemp("chromium-profile"), DOWNLOADS) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-class Page:
-    """The console in the browser: waits, finds and screenshots."""
-
-    def __init__(self, driver: WebDriver, url: str) -> None:
-        self.driver = driver
-        self.url = url
-        self.shots: set[str] = set()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-
-    def until(self, what: Callable[[], Any], message: str, timeout: float = WAIT) -> Any:
-        def check(_: Any) -> Any:
-            try:
-                return what()
-            except WebDriverException:
-                return None
-
-        try:
-            return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(check)
-        except Exception:
-            self.driver.save_screenshot(str(ARTIFACTS / f"failed-{secrets.token_hex(2)}.png"))
-            raise AssertionError(f"{message}; page error: {self.text('error-text')!r}") from None
-
-    def click(self, css: str) -> None:
-        """Click what `css` finds, found afresh (lists are redrawn as they refresh)."""
-
-        def attempt() -> bool:
-            self.find(css).click()
-            return True
-
-        self.until(attempt, f"cannot click {css}")
-
-    def find(self, css: str) -> WebElement:
-        return self.driver.find_element(By.CSS_SELECTOR, css)
-
-    def text(self, element_id: str) -> str:
-        try:
-            return str(self.driver.find_element(By.ID, element_id).text)
-        except WebDriverException:
-            return ""
-
-    def visible(self, css: str) -> WebElement | None:
-        found = self.driver.find_elements(By.CSS_SELECTOR, css)
-        return found[0] if found and found[0].is_displayed() else None
-
-    def go(self, hash_: str, page: str) -> None:
-        self.driver.execute_script("location.hash = arguments[0]", hash_)
-        self.until(lambda: self.visible(f"#page-{page}"), f"the {page} page did not show")
-
-    def sign_in(self, token: str) -> None:
-        field = self.find("#signin-token")
-        field.clear()
-        field.send_keys(token)
-        self.find("#signin-form button[type=submit]").click()
-        self.until(lambda: self.visible("#page-daemons"), "the daemons page did not show")
-
-    def shot(self, name: str) -> None:
-        assert self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
-        self.shots.add(name)
 
 
 def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> None:
@@ -453,8 +414,16 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.until(
         lambda: page.text("golem-result") == "The golem of console-ws was started.", "no start"
     )
-    page.shot("golems")
     page.until(lambda: page.find(f"{golem} .state").text == "running", "the golem is not running")
+    # its control socket connected (as the golem's browser would, with its key): shown
+    with _held_websocket(herder.golem_control_url("console-ws")):
+        page.until(
+            lambda: page.find(f"{golem} .connected").text == "connected", "not shown connected"
+        )
+        page.shot("golems")
+    page.until(
+        lambda: page.find(f"{golem} .connected").text == "not connected", "still shown connected"
+    )
     page.click(f"{golem} button:not(.danger)")  # reset
     page.until(
         lambda: page.text("golem-result") == "The golem of console-ws was restarted.", "no reset"
@@ -557,9 +526,7 @@ def test_port_links_on_the_daemons_own_origin(
                 "index.html": "<h1>on an origin of its own</h1>"}  # fmt: skip
         name = served.call("POST", "/daemon/v1/spawn", token, form=form)["Name"]
         page = Page(browser, served.url)
-        browser.get(served.url + "/console/")
-        page.until(lambda: page.visible("#signin-form"), "no sign-in form")
-        page.sign_in(token)
+        page.open_signed_in(token)
         link = '#daemons-table tr[data-name="site"] a.port'
         own = f"http://{name}.localhost:{served.port}/"
         page.until(lambda: page.find(link).get_attribute("href") == own, "no link to its host")

@@ -300,6 +300,29 @@ async def test_keep_alive_pipelined_and_split_requests(
     assert served(client) == before + 20 + 1 + 2
 
 
+async def test_a_client_that_reads_late_gets_every_pipelined_answer(
+    client: TestClient[Any, Any], echo: SpawnedDaemon
+) -> None:
+    """Answers pile up while the client does not read (the front door stops
+    taking requests then), and all come, in order, once it reads."""
+    prefix = f"/daemon/v1/proxy/{echo.container_name}"
+    paths = [f"{prefix}/stream?chunks=2&delay=0&size={30000 + i}" for i in range(60)]
+    paths += [f"{prefix}/small"] * 40
+    requests = [get(path) for path in paths[:-1]] + [get(paths[-1], close=True)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"".join(requests))
+        await writer.drain()
+        await asyncio.sleep(1)  # not reading yet
+        async with asyncio.timeout(60):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    replies = answers(raw, ["GET"] * 100)
+    assert [len(body) for _, _, body in replies[:60]] == [2 * (30000 + i) for i in range(60)]
+    assert {body for _, _, body in replies[60:]} == {b"ok"}
+
+
 async def test_malformed_requests_get_aiohttps_400_and_no_traceback(
     client: TestClient[Any, Any], echo: SpawnedDaemon, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,20 +7,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import BadRequest, Conflict, HerderError, Unauthorized
+from ..errors import BadRequest, Conflict, HerderError, NotFound, Unauthorized
 from ..openapi import (
     WEBSTRATE,
     Docs,
     Op,
     Param,
 )
-from ..peers import RelayDirectory, bridge
+from ..peers import RelayDirectory, Target, bridge
 from ..relay import (
     CLOSE_GOLEM_GONE,
     MINION_TYPE_MAX,
@@ -39,6 +40,8 @@ log = logging.getLogger("herder.relay")
 
 routes = web.RouteTableDef()
 
+# Minion ids are the relay's own (uuid4 hex); another is no minion anywhere.
+MINION_ID_RE = re.compile(r"[0-9a-f]{32}")
 DIRECTORY_POLL = 0.5
 """Seconds between looks, while a minion waits, for its golem on another replica."""
 
@@ -146,7 +149,7 @@ async def serve_minion(
             if not waiting.done() or peer.closing:
                 return ws  # the minion left (or overflowed) before its golem came
             found = waiting.result()
-            if isinstance(found, str) and directory is not None:
+            if isinstance(found, Target) and directory is not None:
                 reading.cancel()
                 await asyncio.gather(reading, return_exceptions=True)
                 await _carry_waiting(ws, peer, minion, directory, found, webstrate)
@@ -174,9 +177,9 @@ async def serve_minion(
 
 async def _golem_within(
     relay: Relay, webstrate: str, seconds: float, directory: RelayDirectory | None
-) -> GolemSession | str | None:
+) -> GolemSession | Target | None:
     """The webstrate's golem once its control socket connects here, or the
-    URL of another replica it connected to (`directory`), within `seconds`."""
+    other replica it connected to (`directory`), within `seconds`."""
     try:
         async with asyncio.timeout(seconds):
             if directory is None:
@@ -201,7 +204,7 @@ async def _carry_waiting(
     peer: Peer,
     minion: MinionSession,
     directory: RelayDirectory,
-    holder: str,
+    holder: Target,
     webstrate: str,
 ) -> None:
     """A waiting minion's golem connected to another replica: carry its
@@ -232,10 +235,13 @@ async def golem_connect_to(request: web.Request) -> web.WebSocketResponse:
     if directory is not None and not request.app[keys.RELAY].connected(webstrate):
         holder = await directory.holder(webstrate)
         if holder is not None:  # the golem is on another replica: carry the channel there
+            minion_id = request.match_info["minion"]
+            if not MINION_ID_RE.fullmatch(minion_id):
+                raise NotFound(f"no minion {minion_id[:100]} is connected to webstrate {webstrate}")
             if not relay_socket().can_prepare(request).ok:
                 raise BadRequest("expected a WebSocket upgrade")
             upstream = await directory.channel_socket(
-                holder, webstrate, request.match_info["minion"], request.query.get("key", "")
+                holder, webstrate, minion_id, request.query.get("key", "")
             )
             return await _carried(request, upstream, "channel")
     return await serve_channel(request, webstrate, request.match_info["minion"])

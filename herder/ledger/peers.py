@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .models import Peer
+from .models import Lease, Peer
 
 
 class _Db(Protocol):
@@ -68,3 +68,14 @@ class Peers:
         async with self.read() as conn:
             url = (await conn.execute(stmt)).scalar_one_or_none()
         return None if url is None else str(url)
+
+    async def live_leases(
+        self: _Db, prefix: str, *, now: float | None = None
+    ) -> list[tuple[str, str]]:
+        """(name, holder) of every unexpired lease whose name starts with `prefix`."""
+        stmt = select(Lease.name, Lease.holder).where(
+            Lease.name.startswith(prefix, autoescape=True), Lease.expires_at >= _ms(now)
+        )
+        async with self.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [(str(name), str(holder)) for name, holder in rows]

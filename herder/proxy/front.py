@@ -87,13 +87,13 @@ _SINGLETONS = frozenset(
     }
 )
 # What only aiohttp handles: bodies, upgrades, `100-continue`.
-_NOT_HERE = ("Content-Length", "Transfer-Encoding", "Upgrade", "Expect")
+_NOT_HERE = frozenset({"content-length", "transfer-encoding", "upgrade", "expect"})
 _PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@/%"
 _REQUEST_LINE = re.compile(rf"(GET|HEAD) (/[{_PCHARS}]*)(?:\?([{_PCHARS}?]*))? HTTP/1\.1")
 # The whole head: a first line, header lines of a token, a colon and
 # printable ASCII or tabs, the blank line. Anything else goes to aiohttp.
 _HEAD = re.compile(r"[^\r\n]+\r\n(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*\r\n")
-_HANDED_OVER = -1  # `_serve`'s status when the request went to aiohttp
+_NO_TOKENS: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -126,20 +126,26 @@ def parse_request(raw: bytes, proxy_domain: str) -> FrontRequest | None:
     if line is None:
         return None
     method, path, query = line.group(1), line.group(2), line.group(3) or ""
-    headers: CIMultiDict[str] = CIMultiDict()
+    pairs = []
+    names = set()
     for header in lines[1:]:
         name, _, value = header.partition(":")
-        if name.lower() in _SINGLETONS and name in headers:
+        lower = name.lower()
+        if lower in names and lower in _SINGLETONS:
             return None
-        headers.add(name, value.strip(" \t"))
-    host = headers.get("Host")
-    if host is None or any(name in headers for name in _NOT_HERE):
+        names.add(lower)
+        pairs.append((name, value.strip(" \t")))
+    if "host" not in names or not names.isdisjoint(_NOT_HERE):
         return None
+    headers = CIMultiDict(pairs)
+    host = headers["Host"]
     if "token" in query or "%" in query:
         query = strip_token(query)
-    tokens = {
-        t.strip().lower() for value in headers.getall("Connection", ()) for t in value.split(",")
-    }
+    tokens = (
+        {t.strip().lower() for v in headers.getall("Connection") for t in v.split(",")}
+        if "connection" in names
+        else _NO_TOKENS
+    )
     if "upgrade" in tokens:
         return None
     own = daemon_on_host(host, proxy_domain) if proxy_domain else None
@@ -275,7 +281,7 @@ class FrontConnection(asyncio.Protocol):
         if self._gone or self._closing:
             return
         self._buffer += data
-        if self._flight is None:
+        if self._flight is None and not self._writing_paused:
             self._next()
         elif len(self._buffer) > BUFFER_LIMIT and not self._reading_paused:
             self._reading_paused = True
@@ -300,6 +306,8 @@ class FrontConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._wake_writer()
+        if self._flight is None and self._buffer and not (self._gone or self._closing):
+            self._next()  # pipelined requests wait while the client does not read
 
     # -- requests -----------------------------------------------------------------------
 
@@ -560,7 +568,7 @@ class FrontConnection(asyncio.Protocol):
         self._idle_until = self._loop.time() + self._door.keepalive_timeout
         if self._idle_timer is None:
             self._idle_timer = self._loop.call_at(self._idle_until, self._idle_check)
-        if self._buffer or self._eof:
+        if (self._buffer or self._eof) and not self._writing_paused:
             self._next()
 
     # -- the connection -----------------------------------------------------------------
@@ -669,10 +677,10 @@ def _finish_head(
     if "Connection" not in headers and not request.keep_alive:
         headers["Connection"] = "close"
     headers["X-Request-Id"] = request.request_id
-    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-    lines.extend(f"{key}: {value}\r\n" for key, value in headers.items())
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    lines += [f"{key}: {value}" for key, value in headers.items()]
     lines.append("\r\n")
-    return "".join(lines).encode("utf-8", "surrogateescape")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 def _response_head(

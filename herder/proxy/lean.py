@@ -227,17 +227,21 @@ class UpstreamPool:
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_BUT_CRLF = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.1 field names
 
 
 def parse_head(raw: bytes) -> tuple[str, int, str, CIMultiDict[str]]:
     """Status line and headers of a response head (ending in CRLF CRLF)."""
-    lines = raw[:-4].decode("utf-8", "surrogateescape").split("\r\n")
-    for line in lines:
-        # A bare CR or LF, NUL or another control character (tabs aside) is
-        # refused, as llhttp refuses it: passed on, it would split a header.
-        if _CONTROL.search(line):
-            raise UpstreamBroken(f"control character in the response head: {line[:80]!r}")
+    text = raw[:-4].decode("utf-8", "surrogateescape")
+    # A bare CR or LF, NUL or another control character (tabs aside) is
+    # refused, as llhttp refuses it: passed on, it would split a header.
+    crlf = text.count("\r\n")
+    if _CONTROL_BUT_CRLF.search(text) or text.count("\r") != crlf or text.count("\n") != crlf:
+        for line in text.split("\r\n"):
+            if _CONTROL.search(line):
+                raise UpstreamBroken(f"control character in the response head: {line[:80]!r}")
+    lines = text.split("\r\n")
     status_line = lines[0]
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
@@ -304,6 +308,8 @@ def framing_of(
 
 
 def _keep_alive(version: str, headers: CIMultiDict[str]) -> bool:
+    if "Connection" not in headers:
+        return version == "HTTP/1.1"
     tokens = {
         t.strip().lower() for value in headers.getall("Connection", ()) for t in value.split(",")
     }
@@ -313,6 +319,10 @@ def _keep_alive(version: str, headers: CIMultiDict[str]) -> bool:
 
 
 def _content_length(headers: CIMultiDict[str]) -> int:
+    given = headers.getall("Content-Length")
+    if len(given) == 1 and given[0].isdigit() and given[0].isascii():  # the usual one
+        if len(given[0]) <= MAX_LENGTH_DIGITS:
+            return int(given[0])
     values = {v.strip() for value in headers.getall("Content-Length") for v in value.split(",")}
     if len(values) != 1:
         raise UpstreamBroken("conflicting Content-Length")

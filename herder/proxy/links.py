@@ -221,6 +221,7 @@ class LinkPool:
         self.streams = streams
         self._idle: dict[tuple[str, int], list[Link]] = {}
         self._waiting: dict[Link, None] = {}  # in the order sent: earliest deadline first
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._swept = time.monotonic()
@@ -279,7 +280,9 @@ class LinkPool:
     # -- read deadlines -----------------------------------------------------------------
 
     def waiting(self, link: Link) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         link.deadline = loop.time() + link.read_timeout
         self._waiting[link] = None
         if self._timer is None or link.deadline < self._timer_at:
