@@ -25,6 +25,7 @@ answered in order, one at a time (pipelined ones wait in the buffer, and
 none is taken while the client does not read). The server's guards hold
 for both (`herder.serving`).
 """
+
 from __future__ import annotations
 
 import asyncio
