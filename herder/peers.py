@@ -9,13 +9,15 @@ to a daemon on another node, a relay minion's socket or a golem's data
 channel to the replica holding the golem's control socket.
 
 A peer request is signed, never trusted for where it comes from: headers
-carry the sender's replica id, the time, a nonce, the subject it acts for,
-and an HMAC-SHA256 under the cluster secret over the method, path and
-query, those headers and the body's SHA-256. The receiver checks the HMAC in
-constant time, refuses a time more than `MAX_SKEW` seconds off and a nonce
-seen before, so a client can neither forge one (it lacks the secret) nor
-replay one it saw. The secret goes in no URL and no log. The subject a
-signed request names was taken from a token the first replica checked.
+carry the sender's replica id, the time, a nonce, the subject it acts for
+and the receiving replica's id, with an HMAC-SHA256 under the cluster
+secret over the method, path and query, those headers and the body's
+SHA-256. The receiver checks the HMAC in constant time and refuses a time
+more than `MAX_SKEW` seconds off, a request meant for another replica and
+a nonce seen before, so a client can neither forge one (it lacks the
+secret) nor replay one it saw. The secret goes in no URL and no log. The
+subject a signed request names was taken from a token the first replica
+checked.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import aiohttp
@@ -46,8 +48,9 @@ HEADER_REPLICA = "X-Herder-Peer"
 HEADER_TIME = "X-Herder-Peer-Time"
 HEADER_NONCE = "X-Herder-Peer-Nonce"
 HEADER_SUBJECT = "X-Herder-Peer-Subject"
+HEADER_TO = "X-Herder-Peer-To"
 HEADER_SIGNATURE = "X-Herder-Peer-Signature"
-SIGNED_HEADERS = (HEADER_REPLICA, HEADER_TIME, HEADER_NONCE, HEADER_SUBJECT, HEADER_SIGNATURE)
+SIGNED_HEADERS = (HEADER_REPLICA, HEADER_TIME, HEADER_NONCE, HEADER_SUBJECT, HEADER_TO)
 
 MAX_SKEW = 30.0
 """Seconds a signed request's time may be off the receiver's clock."""
@@ -92,12 +95,13 @@ class PeerAuth:
         path: str,
         query: Mapping[str, str] | None = None,
         *,
+        to: str,
         subject: str = "",
         body: bytes = b"",
     ) -> dict[str, str]:
-        """The headers that make a request to `path?query` a peer's."""
-        fields = (self.replica, f"{time.time():.3f}", secrets.token_hex(16), subject)
-        headers = dict(zip(SIGNED_HEADERS, fields, strict=False))
+        """The headers that make a request to `path?query` of replica `to` a peer's."""
+        fields = (self.replica, f"{time.time():.3f}", secrets.token_hex(16), subject, to)
+        headers = dict(zip(SIGNED_HEADERS, fields, strict=True))
         headers[HEADER_SIGNATURE] = self._mac(method, path, query or {}, fields, body)
         return headers
 
@@ -111,9 +115,9 @@ class PeerAuth:
         *,
         now: float | None = None,
     ) -> str:
-        """The subject a correctly signed, fresh request acts for ("" for
-        none); `Unauthorized` (one message for every reason) otherwise."""
-        fields = tuple(headers.get(h, "") for h in SIGNED_HEADERS[:4])
+        """The subject a correctly signed, fresh request to this replica acts
+        for ("" for none); `Unauthorized` (one message for every reason) otherwise."""
+        fields = tuple(headers.get(h, "") for h in SIGNED_HEADERS)
         given = headers.get(HEADER_SIGNATURE, "")
         expected = self._mac(method, path, query, fields, body)
         if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -123,8 +127,8 @@ class PeerAuth:
             sent = float(fields[1])
         except ValueError:
             raise _refusal() from None
-        if not abs(now - sent) <= MAX_SKEW:
-            raise _refusal()
+        if not abs(now - sent) <= MAX_SKEW or not hmac.compare_digest(fields[4], self.replica):
+            raise _refusal()  # stale, or meant for another replica (replayed here)
         self._remember(fields[2], now)
         return fields[3]
 
@@ -135,6 +139,13 @@ class PeerAuth:
         if nonce in self._nonces or len(self._nonces) >= MAX_NONCES:
             raise _refusal()
         self._nonces[nonce] = now
+
+
+class Target(NamedTuple):
+    """Another replica: its id (what a request to it is signed for) and URL."""
+
+    replica: str
+    url: str
 
 
 class PeerAnswered(HerderError):
@@ -228,17 +239,18 @@ class PeerService:
 
     # -- finding a replica ---------------------------------------------------------
 
-    async def url_on_node(self, node_id: str, hostname: str) -> str:
-        """The URL of the live replica on a node; 503 naming the node when none is."""
+    async def on_node(self, node_id: str, hostname: str) -> Target:
+        """The live replica on a node; 503 naming the node when none is."""
         found = await self.ledger.peer_on_node(node_id, other_than=self.replica)
         if found is None:
             raise ServiceUnavailable(
                 f"no herder replica is running on node {hostname}: it cannot be reached now"
             )
-        return found[1]
+        return Target(*found)
 
-    async def url_of(self, replica: str) -> str | None:
-        return await self.ledger.peer_url(replica)
+    async def find(self, replica: str) -> Target | None:
+        url = await self.ledger.peer_url(replica)
+        return None if url is None else Target(replica, url)
 
     # -- what runs on another node ------------------------------------------------
 
@@ -246,10 +258,10 @@ class PeerService:
         self, where: OnAnotherNode, subject: str, name: str, cmd: list[str], timeout: float
     ) -> dict[str, Any]:
         """Exec in the daemon `name` on another node, by the replica there."""
-        base = await self.url_on_node(where.node_id, where.hostname)
+        target = await self.on_node(where.node_id, where.hostname)
         payload = {"name": name, "cmd": cmd, "timeout": timeout}
         answer = await self.post_json(
-            base,
+            target,
             "/peer/v1/exec",
             subject,
             payload,
@@ -270,9 +282,9 @@ class PeerService:
         max_msg_size: int,
     ) -> aiohttp.ClientWebSocketResponse:
         """An attach socket to the daemon `name` on another node, by the replica there."""
-        base = await self.url_on_node(where.node_id, where.hostname)
+        target = await self.on_node(where.node_id, where.hostname)
         return await self.websocket(
-            base,
+            target,
             f"/peer/v1/attach/{name}",
             query,
             subject,
@@ -283,15 +295,15 @@ class PeerService:
     # -- requests ------------------------------------------------------------------
 
     async def post_json(
-        self, base: str, path: str, subject: str, payload: Any, *, timeout: float, where: str
+        self, target: Target, path: str, subject: str, payload: Any, *, timeout: float, where: str
     ) -> Any:
         """POST a signed JSON body; the JSON answer, or the peer's error passed on."""
         body = json.dumps(payload).encode()
-        signed = self.auth.sign("POST", path, subject=subject, body=body)
+        signed = self.auth.sign("POST", path, to=target.replica, subject=subject, body=body)
         headers = {"Content-Type": "application/json", **signed}
         try:
             async with self.session.post(
-                base + path,
+                target.url + path,
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT),
@@ -310,7 +322,7 @@ class PeerService:
 
     async def websocket(
         self,
-        base: str,
+        target: Target,
         path: str,
         query: Mapping[str, str],
         subject: str,
@@ -321,9 +333,9 @@ class PeerService:
         """A signed WebSocket to another replica (its error passed on when it refuses)."""
         try:
             return await self.session.ws_connect(
-                base + path,
+                target.url + path,
                 params=dict(query),
-                headers=self.auth.sign("GET", path, query, subject=subject),
+                headers=self.auth.sign("GET", path, query, to=target.replica, subject=subject),
                 heartbeat=30,
                 max_msg_size=max_msg_size,
                 autoping=True,
@@ -474,18 +486,18 @@ class RelayDirectory:
         leases = await self.ledger.live_leases(prefix)
         return {name[len(prefix) :] for name, holder in leases if holder != self.peers.replica}
 
-    async def holder(self, webstrate: str) -> str | None:
-        """The URL of the other replica holding the webstrate's golem, if one does."""
+    async def holder(self, webstrate: str) -> Target | None:
+        """The other live replica holding the webstrate's golem, if one does."""
         replica = await self.ledger.lease_holder(self._lease(webstrate))
         if replica is None or replica == self.peers.replica:
             return None
-        return await self.peers.url_of(replica)
+        return await self.peers.find(replica)
 
     async def minion_socket(
-        self, base: str, webstrate: str, minion_type: str
+        self, target: Target, webstrate: str, minion_type: str
     ) -> aiohttp.ClientWebSocketResponse:
         return await self.peers.websocket(
-            base,
+            target,
             f"/peer/v1/minion/{webstrate}",
             {"type": minion_type},
             "",
@@ -494,10 +506,10 @@ class RelayDirectory:
         )
 
     async def channel_socket(
-        self, base: str, webstrate: str, minion: str, key: str
+        self, target: Target, webstrate: str, minion: str, key: str
     ) -> aiohttp.ClientWebSocketResponse:
         return await self.peers.websocket(
-            base,
+            target,
             f"/peer/v1/connect-to/{webstrate}/{minion}",
             {"key": key},
             "",

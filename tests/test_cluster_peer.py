@@ -106,7 +106,7 @@ async def test_the_peer_channel_refuses_clients_and_does_nothing(lab: Lab) -> No
     try:
         payload = json.dumps({"name": body["Name"], "cmd": ["sh", "-c", "echo > /tmp/pwned"]})
         wrong = PeerAuth(secrets.token_urlsafe(32), "intruder")
-        signed = wrong.sign("POST", "/peer/v1/exec", subject=email, body=payload.encode())
+        signed = wrong.sign("POST", "/peer/v1/exec", to="", subject=email, body=payload.encode())
         async with aiohttp.ClientSession() as session:
             for proof in ({}, signed):
                 headers = {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"}

@@ -7,10 +7,11 @@ proxied page, follow its logs and read their tail, type into its terminal
 and read the echo (also after the window shrinks, and after a reconnect,
 which replays the recent output first), run a python minion in the
 playground and download its output file, watch the balance fall while the
-daemon runs, drive a golem, read the node and nodes tables, kill it (cancel,
-kill keeping the data, kill with wipe), and be sent back to the sign-in with
-a message by a bad token. A second herder with `PROXY_DOMAIN` shows the
-port links to the daemons' own hosts. A screenshot of each page goes to
+daemon runs, drive a golem (shown connected while its control socket is),
+read the node and nodes tables, kill the daemon (cancel, kill keeping the
+data, kill with wipe), and be sent back to the sign-in with a message by a
+bad token. A second herder with `PROXY_DOMAIN` shows the port links to the
+daemons' own hosts. A screenshot of each page goes to
 tests/artifacts/console/ (git-ignored; the README's are copies in
 docs/console/).
 """
@@ -26,23 +27,26 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from herder.signing import load_keypair
+from herder.signing import INSTANCE_FILE, load_keypair
 from herder.tokens import TokenService
 
 from .conftest import make_settings
-from .console_page import ARTIFACTS, Page, selenium_chromium
+from .console_page import ARTIFACTS, WAIT, Page, selenium_chromium
 from .images import build_on_busybox, ensure_busybox_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +116,19 @@ class Herder:
             self.proc.kill()
             self.proc.wait()
 
+    def golem_control_url(self, webstrate: str) -> str:
+        """The golem's control socket, with the key its container was given."""
+        instance = (self.data_dir / INSTANCE_FILE).read_text().strip()
+        env = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .Config.Env}}",
+             f"golem-{webstrate}-{instance}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        page = next(e for e in json.loads(env) if e.startswith("GOLEM_URL="))
+        key = page.split("#herder-golem-key=", 1)[1]
+        ws = self.url.replace("http://", "ws://")
+        return f"{ws}/golem/v1/connect/{webstrate}?key={urllib.parse.quote(key)}"
+
     def token(self, email: str, credits: int) -> str:
         service = TokenService(load_keypair(self.data_dir), self.settings, ledger=None)  # type: ignore[arg-type]
         return service.create(email, credits, 1)[0]
@@ -138,6 +155,34 @@ class Herder:
             answer = resp.read()
             json_answer = resp.headers.get_content_type() == "application/json"
         return json.loads(answer) if json_answer else answer.decode()
+
+
+@contextmanager
+def _held_websocket(url: str) -> Iterator[None]:
+    """A WebSocket to `url`, held open by a thread of its own for the block."""
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def hold() -> None:
+        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            async with aiohttp.ClientSession() as session, session.ws_connect(url):
+                ready.set()
+                await box["stop"].wait()
+        except Exception as exc:  # handed to the test's thread
+            box["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(hold(),), daemon=True)
+    thread.start()
+    assert ready.wait(WAIT), f"no WebSocket to {url}"
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(WAIT)
 
 
 def _or_none(call: Callable[[], Any]) -> Any:
@@ -369,8 +414,16 @@ def test_console_flows(herder: Herder, browser: WebDriver, tmp_path: Path) -> No
     page.until(
         lambda: page.text("golem-result") == "The golem of console-ws was started.", "no start"
     )
-    page.shot("golems")
     page.until(lambda: page.find(f"{golem} .state").text == "running", "the golem is not running")
+    # its control socket connected (as the golem's browser would, with its key): shown
+    with _held_websocket(herder.golem_control_url("console-ws")):
+        page.until(
+            lambda: page.find(f"{golem} .connected").text == "connected", "not shown connected"
+        )
+        page.shot("golems")
+    page.until(
+        lambda: page.find(f"{golem} .connected").text == "not connected", "still shown connected"
+    )
     page.click(f"{golem} button:not(.danger)")  # reset
     page.until(
         lambda: page.text("golem-result") == "The golem of console-ws was restarted.", "no reset"

@@ -17,7 +17,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from herder.api import keys as appkeys
 from herder.errors import SettingsError, Unauthorized
-from herder.peers import HEADER_SIGNATURE, HEADER_SUBJECT, HEADER_TIME, MAX_SKEW, PeerAuth
+from herder.peers import (
+    HEADER_SIGNATURE,
+    HEADER_SUBJECT,
+    HEADER_TIME,
+    HEADER_TO,
+    MAX_SKEW,
+    PeerAuth,
+)
 from herder.settings import Settings
 
 from .conftest import TokenMaker, auth, eventually, make_settings
@@ -30,17 +37,22 @@ SECRET = secrets.token_urlsafe(32)
 def test_a_signed_request_verifies_once_and_nothing_else_does() -> None:
     sender, receiver = PeerAuth(SECRET, "a"), PeerAuth(SECRET, "b")
     query = {"tail": "5", "binary": "0"}
-    headers = sender.sign("GET", "/peer/v1/attach/x", query, subject="me@example.org", body=b"hi")
+    headers = sender.sign(
+        "GET", "/peer/v1/attach/x", query, to="b", subject="me@example.org", body=b"hi"
+    )
     assert receiver.verify("GET", "/peer/v1/attach/x", query, headers, b"hi") == "me@example.org"
     with pytest.raises(Unauthorized):  # the same request again: a replay
         receiver.verify("GET", "/peer/v1/attach/x", query, headers, b"hi")
-    fresh = PeerAuth(SECRET, "c")
+    with pytest.raises(Unauthorized):  # signed for replica b, replayed to replica c
+        PeerAuth(SECRET, "c").verify("GET", "/peer/v1/attach/x", query, headers, b"hi")
+    fresh = PeerAuth(SECRET, "b")
     changed: list[tuple[str, str, dict[str, str], dict[str, str], bytes]] = [
         ("POST", "/peer/v1/attach/x", query, headers, b"hi"),  # another method
         ("GET", "/peer/v1/attach/y", query, headers, b"hi"),  # another path
         ("GET", "/peer/v1/attach/x", {**query, "tail": "6"}, headers, b"hi"),  # another query
         ("GET", "/peer/v1/attach/x", query, headers, b"ho"),  # another body
         ("GET", "/peer/v1/attach/x", query, {**headers, HEADER_SUBJECT: "you"}, b"hi"),
+        ("GET", "/peer/v1/attach/x", query, {**headers, HEADER_TO: "c"}, b"hi"),
         ("GET", "/peer/v1/attach/x", query, {**headers, HEADER_SIGNATURE: "0" * 64}, b"hi"),
         ("GET", "/peer/v1/attach/x", query, {}, b"hi"),  # not signed at all
     ]
@@ -48,11 +60,11 @@ def test_a_signed_request_verifies_once_and_nothing_else_does() -> None:
         with pytest.raises(Unauthorized):
             fresh.verify(method, path, q, h, body)
     # Signed under another secret.
-    other = PeerAuth(secrets.token_urlsafe(32), "a").sign("GET", "/p", subject="me")
+    other = PeerAuth(secrets.token_urlsafe(32), "a").sign("GET", "/p", to="b", subject="me")
     with pytest.raises(Unauthorized):
         fresh.verify("GET", "/p", {}, other)
     # Too old (or from a clock too far off).
-    old = sender.sign("GET", "/p", subject="me")
+    old = sender.sign("GET", "/p", to="b", subject="me")
     sent = float(old[HEADER_TIME])
     with pytest.raises(Unauthorized):
         fresh.verify("GET", "/p", {}, old, now=sent + MAX_SKEW + 1)
@@ -97,6 +109,7 @@ async def test_peer_routes_refuse_unsigned_requests_and_do_nothing(
     email = f"peer-{secrets.token_hex(3)}@example.org"
     token = make_token(email)
     cat = await daemons.spawn(token, await ensure_cat_image())
+    me = client.server.app[appkeys.REPLICA]  # what a peer signs its request for
     payload = {"name": cat.container_name, "cmd": ["sh", "-c", "echo > /tmp/pwned"]}
     body = json.dumps(payload).encode()
     stranger = PeerAuth(secrets.token_urlsafe(32), "stranger")
@@ -104,9 +117,13 @@ async def test_peer_routes_refuse_unsigned_requests_and_do_nothing(
     tries: list[dict[str, str]] = [
         {},  # nothing
         auth(token),  # the owner's own token is no peer's proof
-        stranger.sign("POST", "/peer/v1/exec", subject=email, body=body),  # another secret
-        peer.sign("POST", "/peer/v1/exec", subject=email, body=b"{}"),  # for another body
-        {**peer.sign("POST", "/peer/v1/exec", subject=email, body=body), HEADER_SUBJECT: "x"},
+        stranger.sign("POST", "/peer/v1/exec", to=me, subject=email, body=body),  # another secret
+        peer.sign("POST", "/peer/v1/exec", to=me, subject=email, body=b"{}"),  # for another body
+        peer.sign("POST", "/peer/v1/exec", to="another-replica", subject=email, body=body),
+        {
+            **peer.sign("POST", "/peer/v1/exec", to=me, subject=email, body=body),
+            HEADER_SUBJECT: "x",
+        },
     ]
     for headers in tries:
         resp = await client.post("/peer/v1/exec", data=body, headers=headers)
@@ -125,7 +142,7 @@ async def test_peer_routes_refuse_unsigned_requests_and_do_nothing(
         return int(result["ExitCode"])
 
     assert await exists() == 1  # none of them ran anything
-    good = peer.sign("POST", "/peer/v1/exec", subject=email, body=body)
+    good = peer.sign("POST", "/peer/v1/exec", to=me, subject=email, body=body)
     resp = await client.post("/peer/v1/exec", data=body, headers=good)
     status, result = await _status(resp)
     assert (status, result["ExitCode"]) == (200, 0), result
@@ -133,16 +150,16 @@ async def test_peer_routes_refuse_unsigned_requests_and_do_nothing(
     resp = await client.post("/peer/v1/exec", data=body, headers=good)  # replayed
     assert resp.status == 401
     # A signed request for another subject finds nothing of this one's.
-    other = peer.sign("POST", "/peer/v1/exec", subject="other@example.org", body=body)
+    other = peer.sign("POST", "/peer/v1/exec", to=me, subject="other@example.org", body=body)
     resp = await client.post("/peer/v1/exec", data=body, headers=other)
     assert resp.status == 404
 
     path = f"/peer/v1/attach/{cat.container_name}"
-    for headers in ({}, auth(token), stranger.sign("GET", path, subject=email)):
+    for headers in ({}, auth(token), stranger.sign("GET", path, to=me, subject=email)):
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await client.ws_connect(path, headers=headers)
         assert refused.value.status == 401
-    async with client.ws_connect(path, headers=peer.sign("GET", path, subject=email)) as ws:
+    async with client.ws_connect(path, headers=peer.sign("GET", path, to=me, subject=email)) as ws:
         await ws.send_str("through a peer\n")
         msg = await ws.receive(timeout=10)
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.TEXT, "through a peer\n")
@@ -161,7 +178,8 @@ async def test_without_a_cluster_secret_the_peer_routes_are_off(
     from herder.app import create_app
 
     client = await aiohttp_client(create_app(make_settings(tmp_path / "plain")))
-    signed = PeerAuth(SECRET, "peer").sign("POST", "/peer/v1/exec", subject="x", body=b"{}")
+    me = client.server.app[appkeys.REPLICA]
+    signed = PeerAuth(SECRET, "peer").sign("POST", "/peer/v1/exec", to=me, subject="x", body=b"{}")
     status, answer = await _status(await client.post("/peer/v1/exec", data=b"{}", headers=signed))
     assert status == 403 and "CLUSTER_SECRET" in answer["error"]
 

@@ -21,7 +21,7 @@ from ..openapi import (
     Op,
     Param,
 )
-from ..peers import RelayDirectory, bridge
+from ..peers import RelayDirectory, Target, bridge
 from ..relay import (
     CLOSE_GOLEM_GONE,
     MINION_TYPE_MAX,
@@ -149,7 +149,7 @@ async def serve_minion(
             if not waiting.done() or peer.closing:
                 return ws  # the minion left (or overflowed) before its golem came
             found = waiting.result()
-            if isinstance(found, str) and directory is not None:
+            if isinstance(found, Target) and directory is not None:
                 reading.cancel()
                 await asyncio.gather(reading, return_exceptions=True)
                 await _carry_waiting(ws, peer, minion, directory, found, webstrate)
@@ -177,9 +177,9 @@ async def serve_minion(
 
 async def _golem_within(
     relay: Relay, webstrate: str, seconds: float, directory: RelayDirectory | None
-) -> GolemSession | str | None:
+) -> GolemSession | Target | None:
     """The webstrate's golem once its control socket connects here, or the
-    URL of another replica it connected to (`directory`), within `seconds`."""
+    other replica it connected to (`directory`), within `seconds`."""
     try:
         async with asyncio.timeout(seconds):
             if directory is None:
@@ -204,7 +204,7 @@ async def _carry_waiting(
     peer: Peer,
     minion: MinionSession,
     directory: RelayDirectory,
-    holder: str,
+    holder: Target,
     webstrate: str,
 ) -> None:
     """A waiting minion's golem connected to another replica: carry its
