@@ -20,7 +20,7 @@ from herder.api import keys as appkeys
 from herder.app import create_app
 from herder.settings import Settings
 
-from .conftest import TokenMaker, auth, make_settings
+from .conftest import ServedTestServer, TokenMaker, auth, make_settings
 from .daemon_fixtures import Daemons, SpawnedDaemon, wait_http
 from .images import ensure_echo_image
 
@@ -273,9 +273,12 @@ async def test_upstream_timeout_is_504(client: TestClient[Any, Any], echo: Spawn
 async def owner_only(
     settings: Settings, aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> TestClient[Any, Any]:
-    """A second herder on the same data dir, with `proxy_require_token` on."""
+    """A second herder on the same data dir, with `proxy_require_token` on,
+    behind `herder serve`'s server (whose front door then stays out of it)."""
     strict = make_settings(settings.data_dir, proxy_require_token=True)
-    client: TestClient[Any, Any] = await aiohttp_client(create_app(strict))
+    client: TestClient[Any, Any] = await aiohttp_client(
+        ServedTestServer(create_app(strict), strict)
+    )
     return client
 
 
@@ -293,3 +296,4 @@ async def test_proxy_require_token_makes_it_owner_only(
     async with owner_only.get(url + f"?token={token}") as resp:
         assert resp.status == 200
         assert (await resp.json())["query"] == ""
+    assert owner_only.app[appkeys.FRONT].served == 0
