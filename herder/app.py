@@ -28,8 +28,9 @@ from .container_events import follow_events
 from .daemons import DaemonService
 from .golems import GolemService, render_emet
 from .holds import SharedHolds
+from .leadership import Leadership
 from .ledger import Ledger
-from .metering import Meter, MeterLease
+from .metering import Meter
 from .metrics import Metrics
 from .minions import MinionService
 from .node import running_counts
@@ -38,7 +39,7 @@ from .proxy.front import ProxyFront
 from .proxy.upstreams import Upstreams
 from .reconcile import Reconciler
 from .relay import Relay
-from .runtime import make_runtime
+from .runtime import SwarmRuntime, make_runtime
 from .settings import Settings
 from .signing import instance_id, load_keypair
 from .stream_limits import StreamLimits
@@ -237,38 +238,48 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
 
     Serving does not wait for it (with Docker down the herder still answers,
     `/healthz` with 503); metering does (see `Meter.run`).
+    On a Swarm the replicas share the instance, and the one that holds the
+    lease `meter:<instance>` (`Leadership`, renewed by an owned task)
+    reconciles the services and meters; every replica sweeps its own node.
     """
+    settings, ledger, runtime = app[keys.SETTINGS], app[keys.LEDGER], app[keys.RUNTIME]
+    leadership = None
+    if settings.runtime == "swarm":
+        leadership = Leadership(ledger, f"meter:{app[keys.INSTANCE]}", app[keys.REPLICA])
     reconciler = Reconciler(
-        app[keys.SETTINGS], app[keys.LEDGER], app[keys.RUNTIME], app[keys.INSTANCE]
+        settings,
+        ledger,
+        runtime,
+        app[keys.INSTANCE],
+        leadership=leadership,
+        node_runtime=runtime.local if isinstance(runtime, SwarmRuntime) else None,
     )
     app[keys.RECONCILER] = reconciler
     async with owned_task(reconciler.run(), "reconciler"):
-        yield
+        if leadership is None:
+            yield
+            return
+        async with owned_task(leadership.run(), "leadership"):
+            yield
+        # Given up at once: another replica leads without waiting it out.
+        with contextlib.suppress(Exception):
+            await leadership.release()
 
 
 async def _metering(app: web.Application) -> AsyncIterator[None]:
     reconciler = app[keys.RECONCILER]
-    settings = app[keys.SETTINGS]
-    # On a Swarm the replicas share the instance: one of them meters at a time.
-    lease = (
-        MeterLease(f"meter:{app[keys.INSTANCE]}", app[keys.REPLICA])
-        if settings.runtime == "swarm"
-        else None
-    )
     meter = Meter(
-        settings,
+        app[keys.SETTINGS],
         app[keys.LEDGER],
         app[keys.RUNTIME],
         app[keys.INSTANCE],
         recover=reconciler.reconcile,
         ready=reconciler.reconciled,
-        lease=lease,
+        leadership=reconciler.leadership,
     )
     app[keys.METER] = meter
     async with owned_task(meter.run(), "metering"):
         yield
-    with contextlib.suppress(Exception):
-        await meter.release()
 
 
 async def _golems(app: web.Application) -> AsyncIterator[None]:

@@ -27,8 +27,8 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
+from .leadership import Leadership
 from .ledger import Ledger, TickResult, Workload
 from .runtime import Runtime
 from .runtime.base import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED
@@ -38,18 +38,6 @@ log = logging.getLogger("herder.metering")
 
 CLOCK_STEP_TOLERANCE = 2.0  # seconds of disagreement between wall and monotonic time
 STOP_TIMEOUT = 3.0
-LEASE_TTL = 6.0  # seconds a replica's metering lease lasts unless renewed (each tick)
-
-
-@dataclass(frozen=True)
-class MeterLease:
-    """Replicas of one herder (a cluster) meter through one lease: only its
-    holder ticks. They share the instance's meter position, so a replica
-    that takes the lease over charges from where the last holder stopped."""
-
-    name: str
-    holder: str
-    ttl: float = LEASE_TTL
 
 
 class Meter:
@@ -64,9 +52,13 @@ class Meter:
         ready: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        lease: MeterLease | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
-        self.lease = lease
+        # Replicas of one herder (a cluster) share the instance's meter
+        # position and meter through one lease: only its holder ticks, once
+        # it has reconciled (`ready`), so a replica that takes the lease over
+        # charges from where the last holder stopped.
+        self.leadership = leadership
         self.settings = settings
         self.ledger = ledger
         self.runtime = runtime
@@ -142,8 +134,8 @@ class Meter:
             if self._needs_recovery and self._recover is not None:
                 await self._recover()
                 self._needs_recovery = False
-            if self.lease is not None and not await self.ledger.acquire_lease(
-                self.lease.name, self.lease.holder, self.lease.ttl, now=self._clock()
+            if self.leadership is not None and not (
+                self.leadership.held and (self._ready is None or self._ready.is_set())
             ):
                 # Another replica meters; should this one take over, its
                 # first tick charges from the shared position on.
@@ -167,11 +159,6 @@ class Meter:
                     await self._stop_all_daemons()
                 except Exception:
                     log.exception("could not stop daemons after the metering grace period")
-
-    async def release(self) -> None:
-        """Give the lease up at shutdown, so another replica meters at once."""
-        if self.lease is not None:
-            await self.ledger.release_lease(self.lease.name, self.lease.holder)
 
     async def run(self) -> None:
         """Tick every `metering_interval` until cancelled, once `ready` is set

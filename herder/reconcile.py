@@ -20,6 +20,14 @@ Daemons and golems both have registry rows, so all of this applies to both.
 `Reconciler.run()` reconciles, then follows Docker's event stream, so a
 daemon (or golem) that exits, is OOM-killed or removed by hand stops costing credits at
 once; no container is polled.
+
+On a Swarm (`leadership` given) the replicas share the registry and the
+services, and only the replica that leads (holds the lease, the same one
+that meters) reconciles them and follows their events, from when it takes
+the lease until it loses it; `reconciled` is set while it leads and has
+reconciled. Every replica sweeps, at start, its own node's leftover plain
+containers (minions of a replica that died there: only the engine of that
+node reaches them), through `node_runtime`.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from .leadership import Leadership
 from .ledger import Ledger, Workload
+from .pool import LABEL_POOL
 from .runtime import ContainerInfo, Runtime
 from .runtime.base import (
     LABEL_INSTANCE,
@@ -40,6 +50,7 @@ from .runtime.base import (
     LABEL_MANAGED,
     RuntimeEvent,
 )
+from .runtime.swarm import LABEL_SERVICE_ID
 from .settings import Settings
 
 log = logging.getLogger("herder.reconcile")
@@ -52,6 +63,10 @@ REGISTERED_KINDS = ("daemon", "golem")
 SWEPT_KINDS = ("daemon", "golem", "minion")
 STOP_EVENTS = ("die", "destroy")
 MAX_BACKOFF = 30.0
+# On a Swarm, an unknown service younger than this may be a spawn of another
+# replica between creating it and registering it (a spawn waits up to 60 s
+# for its task): it is left alone.
+SERVICE_GRACE = 90.0
 
 
 @dataclass
@@ -71,7 +86,11 @@ class Reconciler:
         instance: str,
         *,
         started_at: float | None = None,
+        leadership: Leadership | None = None,
+        node_runtime: Runtime | None = None,
     ) -> None:
+        self.leadership = leadership
+        self.node_runtime = node_runtime
         self.settings = settings
         self.ledger = ledger
         self.runtime = runtime
@@ -98,6 +117,11 @@ class Reconciler:
                     # reconcile): ask for it by id before calling it gone.
                     found = await self.runtime.inspect(row.container_id)
                 if found is not None and found.state == "running":
+                    if found.started_at > row.started_at + 1:
+                        await self._task_replaced(row, found)
+                        report.closed.append(row.container_name)
+                        report.resumed.append(row.container_name)
+                        continue
                     await self._refresh(row, found)
                     report.kept.append(row.container_name)
                     continue
@@ -113,7 +137,7 @@ class Reconciler:
                         report.resumed.append(container.name)
                 continue
             exact = await self.runtime.inspect(container.id)
-            if exact is not None and 0 < exact.created_at < self.started_at:
+            if exact is not None and 0 < exact.created_at < self._sweep_before():
                 log.warning(
                     "removing unknown herder container %s (%s)", container.name, container_kind
                 )
@@ -130,10 +154,55 @@ class Reconciler:
             )
         return report
 
+    def _sweep_before(self) -> float:
+        """Unknown containers made before this are leftovers."""
+        if self.leadership is not None:  # (this node's leftovers: `sweep_node`)
+            return min(self.started_at, time.time() - SERVICE_GRACE)
+        return self.started_at
+
+    async def sweep_node(self) -> list[str]:
+        """Remove this node's leftover minion containers of this instance
+        (older than this process: a dead replica's)."""
+        if self.node_runtime is None:
+            return []
+        removed = []
+        for listed in await self.node_runtime.list({**self._labels, LABEL_KIND: "minion"}):
+            # Not a service's task (daemons and golems are the leader's), nor a
+            # pool container (the pool removes its own stale ones at start).
+            if LABEL_SERVICE_ID in listed.labels or LABEL_POOL in listed.labels:
+                continue
+            container = await self.node_runtime.inspect(listed.id)  # the exact creation time
+            if container is not None and 0 < container.created_at < self.started_at:
+                log.warning("removing leftover herder container %s on this node", container.name)
+                await self.node_runtime.remove(container.id)
+                removed.append(container.name)
+        return removed
+
     async def _refresh(self, row: Workload, container: ContainerInfo) -> None:
         ports = _ports_like(row, container)
         if container.address != row.address or json.loads(row.ports or "{}") != ports:
             await self.ledger.update_workload_endpoint(row.id, container.address, ports)
+
+    async def _task_replaced(self, row: Workload, service: ContainerInfo) -> None:
+        """A service's task started after its run began: the Swarm restarted
+        or moved it while no replica followed it (every replica down, or the
+        leader's lease in between). The run ends and a new one begins when
+        that task started: the ledger stays continuous, charged once."""
+        assert row.container_id is not None
+        closed = await self.ledger.close_workload(
+            self.instance, row.container_id, at=service.started_at, rate=self.settings.credit_rate
+        )
+        if closed is not None:
+            for hook in self.on_closed:
+                hook(closed.container_name)
+        await self.ledger.resume_workload(
+            self.instance,
+            row.container_id,
+            address=service.address,
+            ports=_ports_like(row, service),
+            started_at=int(service.started_at),
+        )
+        log.info("%s %s was restarted by the Swarm meanwhile: a new run", row.kind, row.name)
 
     async def _close_run(self, row: Workload, listed: ContainerInfo | None) -> None:
         """Close a run whose container no longer runs, charged up to its stop time."""
@@ -203,6 +272,39 @@ class Reconciler:
                 await self.resume(info)
 
     async def run(self) -> None:
+        """Reconcile, then follow the event stream; on a Swarm, sweep this
+        node, then do that whenever this replica leads."""
+        if self.leadership is None:
+            await self._follow()
+            return
+        await self._retrying(self.sweep_node, "could not sweep this node's leftovers")
+        while True:
+            await self.leadership.wait_held()
+            follow = asyncio.create_task(self._follow())
+            lost = asyncio.create_task(self.leadership.wait_lost())
+            try:
+                await asyncio.wait({follow, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.reconciled.clear()
+                for task in (follow, lost):
+                    task.cancel()
+                await asyncio.gather(follow, lost, return_exceptions=True)
+
+    @staticmethod
+    async def _retrying(step: Callable[[], Awaitable[object]], failure: str) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await step()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s; retrying in %.0f s", failure, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _follow(self) -> None:
         """Reconcile, then follow the event stream; again after any engine error."""
         backoff = 1.0
         while True:

@@ -416,3 +416,14 @@ async def test_a_replica_killed_mid_traffic_leaves_the_others_serving(lab: Lab) 
     rows, charged = await _ledger_rows(email)
     status, balance = await call("GET", f"{lab.replicas[1]}/token/v1/balance", tok)
     assert balance["granted"] - balance["credits"] == charged == sum(r["seconds"] for r in rows)
+    # Nothing leaked: no service, no minion on any node.
+    assert lab.services() == []
+    for i in range(3):
+        node = lab.manager.replace("/n1/", f"/n{i + 1}/")
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["docker", "-H", node, "ps", "-aq", "--filter", "label=herder.kind=minion",
+             "--filter", "label=herder.subject=" + email],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert out.stdout.strip() == "", i

@@ -37,3 +37,30 @@ async def test_racing_replicas_get_one_holder(ledger: Ledger) -> None:
     assert sum(got) == 1
     winner = f"r{got.index(True)}"
     assert await ledger.lease_holder("meter") == winner
+
+
+async def test_leadership_is_one_replicas_and_ends_before_its_lease(ledger: Ledger) -> None:
+    """A replica counts itself the leader only until a margin before its
+    lease's end: by then no other replica can have taken it."""
+    from herder.leadership import MARGIN, Leadership
+
+    clock = {"t": 1000.0}
+
+    def replica(name: str) -> Leadership:
+        return Leadership(
+            ledger, "meter:i", name, ttl=6, clock=lambda: clock["t"], monotonic=lambda: clock["t"]
+        )
+
+    one, two = replica("one"), replica("two")
+    assert await one.renew() and not await two.renew()
+    assert (one.terms, two.terms) == (1, 0)
+    # one stops renewing: it steps down before its lease ends...
+    clock["t"] += 6 - MARGIN
+    assert not one.held
+    await one.wait_lost()  # returns at once
+    assert not await two.renew()  # ...and only then may two take it
+    clock["t"] += MARGIN + 0.1
+    assert await two.renew() and two.held
+    assert not await one.renew()
+    await two.release()
+    assert not two.held and await one.renew() and one.terms == 2

@@ -522,43 +522,62 @@ async def test_the_meter_clock_charges_what_per_run_metering_charged(ledger: Led
 
 
 async def test_replicas_of_one_instance_meter_through_one_lease(ledger: Ledger) -> None:
-    """Only the lease holder ticks; when it stops, another takes over and
-    charges from the shared position: each second once, none lost."""
-    from herder.metering import MeterLease
+    """Only the lease holder ticks (once it has reconciled); when it stops,
+    another takes over and charges from the shared position: each second
+    once, none lost."""
+    from herder.leadership import Leadership
 
     await ledger.grant_once("a@x", "g1", 10_000)
     run = await _register(ledger, "a@x", "one")
     clock = {"wall": float(T0), "mono": 100.0}
+    ready = asyncio.Event()
+    ready.set()
 
-    def replica(holder: str) -> Meter:
-        return Meter(
+    def replica(holder: str) -> tuple[Leadership, Meter]:
+        leadership = Leadership(
+            ledger,
+            "meter:i1",
+            holder,
+            ttl=5,
+            clock=lambda: clock["wall"],
+            monotonic=lambda: clock["mono"],
+        )
+        meter = Meter(
             make_settings_in_memory(),
             ledger,
             RecordingRuntime(),
             "i1",
             clock=lambda: clock["wall"],
             monotonic=lambda: clock["mono"],
-            lease=MeterLease("meter:i1", holder, ttl=5),
+            leadership=leadership,
+            ready=ready,
         )
+        return leadership, meter
 
-    first, second = replica("r1"), replica("r2")
-    for _ in range(4):
+    async def second_passes(*replicas: tuple[Leadership, Meter]) -> None:
         clock["wall"] += 1
         clock["mono"] += 1
-        await first.step()
-        await second.step()
+        for leadership, meter in replicas:
+            await leadership.renew()
+            await meter.step()
+
+    (lead1, first), (lead2, second) = replica("r1"), replica("r2")
+    for _ in range(4):
+        await second_passes((lead1, first), (lead2, second))
     assert (first.ticks, second.ticks) == (4, 0)
     assert await ledger.charge_of(run.charge_id) == (4, 4)
     # r1 dies (no release): r2 waits out the lease, then charges the gap once.
     for _ in range(6):
-        clock["wall"] += 1
-        clock["mono"] += 1
-        await second.step()
+        await second_passes((lead2, second))
     assert second.ticks == 1
     assert await ledger.charge_of(run.charge_id) == (10, 10)
-    await second.release()
-    clock["wall"] += 1
-    clock["mono"] += 1
-    await first.step()  # released: r1 takes it at once
+    # Not reconciled (yet) in its term: a holder does not tick.
+    ready.clear()
+    await second_passes((lead2, second))
+    assert second.ticks == 1
+    ready.set()
+    await lead2.release()
+    assert not lead2.held
+    await second_passes((lead1, first))  # released: r1 takes it at once
     assert first.ticks == 5
-    assert await ledger.charge_of(run.charge_id) == (11, 11)
+    assert await ledger.charge_of(run.charge_id) == (12, 12)

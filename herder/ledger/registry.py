@@ -221,10 +221,17 @@ class WorkloadRegistry:
             )
 
     async def resume_workload(
-        self, instance: str, container_id: str, *, address: str, ports: dict[str, int]
+        self,
+        instance: str,
+        container_id: str,
+        *,
+        address: str,
+        ports: dict[str, int],
+        started_at: int | None = None,
     ) -> Workload | None:
-        """Open a new run for a container whose last run is closed (Docker
-        restarted it). None when it has an open run or was never registered."""
+        """Open a new run (from `started_at`, default now) for a container
+        whose last run is closed (Docker restarted it). None when it has an
+        open run or was never registered."""
         async with self.write() as conn:
             await self._lock_registry(conn)
             row = (
@@ -251,7 +258,7 @@ class WorkloadRegistry:
                 address=address,
                 ports=ports,
                 metered=last.metered,
-                started_at=None,
+                started_at=started_at,
                 group_name=last.group_name,
             )
 

@@ -77,6 +77,7 @@ class ContainerInfo:
     created: str = ""
     created_at: float = 0.0  # epoch seconds (to the second from `list`, exact from `inspect`)
     finished_at: float = 0.0  # epoch seconds the container last stopped (inspect only)
+    started_at: float = 0.0  # epoch seconds a Swarm service's running task started (else 0)
     node: NodeInfo | None = None  # where it runs (the Swarm runtime; None: the engine's host)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

@@ -399,6 +399,7 @@ class SwarmRuntime:
 
         async def poll() -> None:
             seen: dict[str, tuple[str, str]] = {}  # service -> (current task, its state)
+            labels_of: dict[str, dict[str, str]] = {}  # service -> its labels, when last seen
             first = True
             try:
                 while True:
@@ -425,7 +426,11 @@ class SwarmRuntime:
                                 )
                             )
                     for sid in set(seen) - set(current):
-                        await queue.put(RuntimeEvent(action="destroy", id=sid, labels={}, time=now))
+                        gone = labels_of.pop(sid, {})
+                        await queue.put(
+                            RuntimeEvent(action="destroy", id=sid, labels=gone, time=now)
+                        )
+                    labels_of.update((str(s["ID"]), _service_labels(s)) for s in services)
                     seen, first = current, False
                     await asyncio.sleep(EVENT_POLL)
             except BaseException as exc:
@@ -654,6 +659,7 @@ def _info_from(
         created=str(service.get("CreatedAt", "")),
         created_at=created_at,
         finished_at=_docker_time(str(status.get("Timestamp", ""))) if state == "exited" else 0.0,
+        started_at=_docker_time(str(status.get("Timestamp", ""))) if state == "running" else 0.0,
         node=node,
         raw={
             "Id": service["ID"],
