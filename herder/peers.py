@@ -405,21 +405,25 @@ async def bridge(
     receiving = asyncio.create_task(down())
     try:
         done, _ = await asyncio.wait({sending, receiving}, return_when=asyncio.FIRST_COMPLETED)
+        # Close the other side while its reader still waits: that wakes it.
+        if receiving in done:
+            ended = None if receiving.exception() else receiving.result()
+            code, reason = ended or lost
+            if code in _NO_CODE:
+                code, reason = lost
+            await _close(client, code, reason)
+            await _close(upstream, 1000, "")
+        else:
+            ended = None if sending.exception() else sending.result()
+            code, reason = ended or (1000, "")
+            await _close(upstream, 1000 if code in _NO_CODE else code, reason)
+            await _close(client, 1000 if code in _NO_CODE else code, reason)
     finally:
         for task in (sending, receiving):
             task.cancel()
-        results = await asyncio.gather(sending, receiving, return_exceptions=True)
-    if receiving in done and not isinstance(results[1], BaseException):
-        code, reason = results[1] or lost
-        if code in _NO_CODE:
-            code, reason = lost
-        await _close(client, code, reason)
-        await upstream.close()
-    else:
-        closed = results[0] if not isinstance(results[0], BaseException) else None
-        code, reason = closed or (1000, "")
-        await _close(upstream, 1000 if code in _NO_CODE else code, reason)
-        await _close(client, code if code not in _NO_CODE else 1000, reason)
+        await asyncio.gather(sending, receiving, return_exceptions=True)
+        if not upstream.closed:  # cancelled (the server shutting down): never leave it open
+            await asyncio.shield(_close(upstream, 1001, "going away"))
 
 
 def _close_of(msg: aiohttp.WSMessage) -> tuple[int, str] | None:

@@ -69,6 +69,15 @@ async def test_attach_and_exec_reach_a_daemon_on_each_node_through_each_replica(
             assert sorted((r["Daemon"], r["ExitCode"], r["StdOut"]) for r in results) == [
                 (name, 0, "group\n") for name in names
             ]
+            # A browser's single-use ticket (redeemed by the replica it reaches).
+            status, ticket = await call(
+                "POST", f"{lab.replicas[0]}/daemon/v1/attach-ticket/{names[1]}", tok
+            )
+            assert status == 200, ticket
+            url = f"{lab.replicas[0].replace('http://', 'ws://')}/daemon/v1/attach/{names[1]}"
+            async with session.ws_connect(f"{url}?tail=0&ticket={ticket['ticket']}") as ws:
+                await ws.send_str("echo by ticket\n")
+                assert "by ticket\n" in await read_until(ws, "by ticket\n")
             # Binary frames both ways, through a replica on another node.
             url = attach_url(lab.replicas[0], names[2], "&binary=1")
             async with session.ws_connect(url, headers=headers) as ws:

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from herder.api import keys as appkeys
+from herder.app import create_app
 from herder.logfmt import TextFormatter
 from herder.settings import Settings
 
-from .conftest import auth, make_settings
+from .conftest import ServedTestServer, auth, make_settings
 from .daemon_fixtures import Daemons, SpawnedDaemon, wait_http
 from .images import ensure_echo_image
 
@@ -327,12 +329,14 @@ async def test_malformed_requests_get_aiohttps_400_and_no_traceback(
     client: TestClient[Any, Any], echo: SpawnedDaemon, caplog: pytest.LogCaptureFixture
 ) -> None:
     prefix = f"/daemon/v1/proxy/{echo.container_name}"
+    too_many = "X-A: b\r\n" * 130  # aiohttp takes at most 128 headers
     bad = [
         f"GET {prefix}/x HTTP/1.1\r\nHost: a\r\nNo colon here\r\n\r\n".encode(),
         f"GET {prefix}/x HTTP/1.1\r\nHost: a\r\nX-Bad: \x01\r\n\r\n".encode(),
         f"GET {prefix}/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".encode(),
         f"GET {prefix}/x HTTP/1.1\nHost: a\n\n".encode(),
         f"GET {prefix}/{'x' * 9000} HTTP/1.1\r\nHost: a\r\n\r\n".encode(),
+        f"GET {prefix}/x HTTP/1.1\r\nHost: a\r\n{too_many}\r\n".encode(),
         b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(32)) + b"\r\n\r\n",
     ]
     before = served(client)
@@ -393,3 +397,25 @@ async def counters(client: TestClient[Any, Any]) -> dict[str, float]:
         for name, _, value in (line.rpartition(" ") for line in text.splitlines())
         if name and not name.startswith("#")
     }
+
+
+async def test_shutdown_lets_an_answer_finish_and_closes_idle_connections(
+    settings: Settings, aiohttp_client: Callable[..., Any], echo: SpawnedDaemon
+) -> None:
+    # A second herder on the same data dir (the first one's fixtures need it running).
+    client = await aiohttp_client(ServedTestServer(create_app(settings), settings))
+    prefix = f"/daemon/v1/proxy/{echo.container_name}"
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", client.port)
+    idle_writer.write(get(f"{prefix}/small"))
+    ((status, _, _),) = answers(await idle_reader.readuntil(b"ok"), ["GET"])
+    assert status == "HTTP/1.1 200 OK"  # and the connection stays open, idle
+    busy = asyncio.create_task(
+        talk(client, get(f"{prefix}/stream?chunks=4&delay=0.5&size=10", close=True))
+    )
+    await asyncio.sleep(0.3)  # its answer has begun
+    await client.server.runner.cleanup()  # what SIGTERM does
+    ((status, _, body),) = answers(await busy, ["GET"])
+    assert status == "HTTP/1.1 200 OK" and body == b"0" * 10 + b"1" * 10 + b"2" * 10 + b"3" * 10
+    async with asyncio.timeout(5):
+        assert await idle_reader.read() == b""  # closed by the shutdown
+    idle_writer.close()

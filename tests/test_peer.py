@@ -290,3 +290,86 @@ async def test_the_relay_works_across_two_replicas(tmp_path: Path) -> None:
     finally:
         for server in reversed(servers):
             await server.close()
+
+
+async def _serve(app: Any) -> tuple[Any, str]:
+    """An app served as `herder serve` serves (no handler cancellation)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_a_bridged_websocket_keeps_frames_and_close_codes() -> None:
+    """`bridge` between a real client socket and a real upstream socket:
+    text stays text, binary stays binary, and each side's close code and
+    reason reach the other."""
+    from aiohttp import web
+
+    from herder.peers import bridge
+
+    closed_by_client: list[int | None] = []  # the upstream's close codes of clients
+
+    async def upstream_handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT and msg.data == "close please":
+                await ws.close(code=4001, message=b"the upstream's reason")
+                return ws
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str(msg.data.upper())
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data[::-1])
+        closed_by_client.append(ws.close_code)
+        return ws
+
+    upstream_app = web.Application()
+    upstream_app.router.add_get("/up", upstream_handler)
+
+    async def front_handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        async with aiohttp.ClientSession() as session:
+            far = await session.ws_connect(f"{upstream_url}/up")
+            await ws.prepare(request)
+            await bridge(ws, far, lost=(1011, "lost"), first=["early"])
+        return ws
+
+    front_app = web.Application()
+    front_app.router.add_get("/front", front_handler)
+    upstream_runner, upstream_url = await _serve(upstream_app)
+    front_runner, front_url = await _serve(front_app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{front_url}/front") as ws:
+                assert (await ws.receive(timeout=5)).data == "EARLY"  # `first` went up first
+                await ws.send_str("text")
+                msg = await ws.receive(timeout=5)
+                assert (msg.type, msg.data) == (aiohttp.WSMsgType.TEXT, "TEXT")
+                await ws.send_bytes(b"\x00\x01\xff")
+                msg = await ws.receive(timeout=5)
+                assert (msg.type, msg.data) == (aiohttp.WSMsgType.BINARY, b"\xff\x01\x00")
+                await ws.send_str("close please")
+                msg = await ws.receive(timeout=5)
+                assert (msg.type, msg.data, msg.extra) == (
+                    aiohttp.WSMsgType.CLOSE,
+                    4001,
+                    "the upstream's reason",
+                )
+            # The client closes first: the upstream gets its code.
+            async with session.ws_connect(f"{front_url}/front") as ws:
+                assert (await ws.receive(timeout=5)).data == "EARLY"
+                await ws.close(code=4002, message=b"bye")
+        await eventually(lambda: _any(closed_by_client), 5, "the upstream saw the client's close")
+        assert closed_by_client == [4002]
+    finally:
+        await front_runner.cleanup()
+        await upstream_runner.cleanup()
+
+
+async def _any(items: list[Any]) -> bool:
+    return bool(items)

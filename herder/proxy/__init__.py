@@ -18,6 +18,10 @@ caller's own plain `<name>` works too when it picks exactly one running
 daemon. Public by default (a daemon publishes its web port);
 `proxy_require_token` makes it owner-only.
 
+- `front`: the front door on `herder serve`'s socket: plain GETs and HEADs
+  answered without aiohttp's server (`wire`: its heads in and out; `links`:
+  its callback-driven keep-alive connections to daemons), anything else
+  handed to aiohttp.
 - `forward`: the header rules and the three relay paths (aiohttp, lean, WebSocket).
 - `upstreams`: the client session, the lean pool and the daemon lookup cache.
 - `lean`: the lean HTTP/1.1 client for plain GETs and HEADs.

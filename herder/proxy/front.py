@@ -2,176 +2,75 @@
 the client's connection; everything else handed to aiohttp's server.
 
 aiohttp's server machinery (request and response objects, the router, the
-middleware, the payload writer, a task per connection) costs the proxy
+middleware, the payload writer, a task per request) costs the proxy
 several times what relaying a small request does. So a connection starts
 here (`FrontConnection`, made by the server `herder.serving` runs): while
 its requests are GETs or HEADs for a running daemon's proxy route (the path
-route or a `PROXY_DOMAIN` host), without a body, an upgrade or anything this
-strict parser is not sure of, each is answered here through the lean client
-(`herder.proxy.lean`) with the route's own header rules
-(`herder.proxy.forward`) and the same answer the route would give: the
-headers aiohttp adds, `X-Request-Id`, the sandbox policy, upstream failures
-as JSON 502/504, one request log line (`herder.requestlog`) and the metrics.
+route or a `PROXY_DOMAIN` host), without a body, an upgrade or anything the
+strict parser (`herder.proxy.wire`) is not sure of, each is answered here
+with the route's own header rules (`herder.proxy.forward`) and the same
+answer the route would give: the headers aiohttp adds, `X-Request-Id`, the
+sandbox policy, cookie scoping, upstream failures as JSON 502/504, one
+request log line (`herder.requestlog`) and the metrics. Small answers come
+over callback-driven links (`herder.proxy.links`), larger ones are streamed
+through the lean client (`herder.proxy.lean`).
 
 The first request that is anything else (another route or method, a body,
-a WebSocket, `?token=` or a credential the route would have to look at, a
-name no cached or registered daemon has, a head this parser does not take,
-malformed or not) goes to aiohttp's request handler with the connection and
-every byte read from its head on; so does everything after it on that
-connection (a connection goes over once, never back). Requests on one
-connection are answered in order, one at a time (pipelined ones wait in the
-buffer). The server's guards hold for both (`herder.serving`).
+a WebSocket, a name no cached or registered daemon has, so that the route
+looks for the caller's own, a head the parser does not take, malformed or
+not) goes to aiohttp's request handler with the connection and every byte
+read from its head on; so does everything after it on that connection (a
+connection goes over once, never back). Requests on one connection are
+answered in order, one at a time (pipelined ones wait in the buffer, and
+none is taken while the client does not read). The server's guards hold
+for both (`herder.serving`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
-import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time, should_remove_content_length
-from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict
-from yarl import URL
 
 from ..errors import HerderError
 from ..ledger.lookup import RunningDaemon
 from ..logfmt import REQUEST_ID
 from ..metrics import Metrics
-from ..requestlog import CLIENT_CLOSED, log_request, loggable
-from ..requestlog import request_id as make_request_id
+from ..requestlog import CLIENT_CLOSED, log_request
 from .forward import (
     CHUNK,
     LEAN_FAILURES,
-    PREFIX,
     copy_downstream_headers,
     request_head,
-    strip_token,
     upstream_failure,
     upstream_headers,
 )
 from .lean import UpstreamResponse, UpstreamUnreachable
 from .links import Link
-from .origins import daemon_on_host
 from .upstreams import Upstreams
+from .wire import (
+    HEAD_LIMIT,
+    FrontRequest,
+    json_answer,
+    log_path,
+    parse_request,
+    response_head,
+    stream_head,
+)
 
 log = logging.getLogger("herder.proxy")
 request_log = logging.getLogger("herder")
 
-# A longer head goes to aiohttp, which judges it (8190 is its line limit).
-HEAD_LIMIT = 8190
 # Bytes of pipelined requests buffered while one is answered; reading
 # pauses beyond this.
 BUFFER_LIMIT = 1 << 16
-# Headers aiohttp's parser refuses twice (`http_parser.SINGLETON_HEADERS`).
-_SINGLETONS = frozenset(
-    {
-        "content-length",
-        "content-location",
-        "content-range",
-        "content-type",
-        "etag",
-        "host",
-        "max-forwards",
-        "server",
-        "transfer-encoding",
-        "user-agent",
-    }
-)
-# What only aiohttp handles: bodies, upgrades, `100-continue`.
-_NOT_HERE = frozenset({"content-length", "transfer-encoding", "upgrade", "expect"})
-_PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@/%"
-_REQUEST_LINE = re.compile(rf"(GET|HEAD) (/[{_PCHARS}]*)(?:\?([{_PCHARS}?]*))? HTTP/1\.1")
-# The whole head: a first line, header lines of a token, a colon and
-# printable ASCII or tabs, the blank line. Anything else goes to aiohttp.
-_HEAD = re.compile(r"[^\r\n]+\r\n(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*\r\n")
-_NO_TOKENS: frozenset[str] = frozenset()
-
-
-@dataclass(slots=True)
-class FrontRequest:
-    """A request the front door answers."""
-
-    raw: bytes  # its head as received (aiohttp's, should it go over)
-    method: str
-    path: str  # the raw path as sent, and the daemon's part of it
-    upstream_path: str
-    query: str
-    headers: CIMultiDict[str]
-    host: str
-    keep_alive: bool
-    name: str  # the daemon's name from the path or the host
-    prefix: str  # the path route's prefix, "" on a daemon's own host
-    request_id: str
-
-
-def parse_request(raw: bytes, proxy_domain: str) -> FrontRequest | None:
-    """The request of a complete head (ending in CRLF CRLF) when the front
-    door answers it, else None (aiohttp gets it)."""
-    if len(raw) > HEAD_LIMIT or not raw.isascii():
-        return None
-    text = raw.decode("ascii")
-    if _HEAD.fullmatch(text) is None:
-        return None
-    lines = text[:-4].split("\r\n")
-    line = _REQUEST_LINE.fullmatch(lines[0])
-    if line is None:
-        return None
-    method, path, query = line.group(1), line.group(2), line.group(3) or ""
-    pairs = []
-    names = set()
-    for header in lines[1:]:
-        name, _, value = header.partition(":")
-        lower = name.lower()
-        if lower in names and lower in _SINGLETONS:
-            return None
-        names.add(lower)
-        pairs.append((name, value.strip(" \t")))
-    if "host" not in names or not names.isdisjoint(_NOT_HERE):
-        return None
-    headers = CIMultiDict(pairs)
-    host = headers["Host"]
-    if "token" in query or "%" in query:
-        query = strip_token(query)
-    tokens = (
-        {t.strip().lower() for v in headers.getall("Connection") for t in v.split(",")}
-        if "connection" in names
-        else _NO_TOKENS
-    )
-    if "upgrade" in tokens:
-        return None
-    own = daemon_on_host(host, proxy_domain) if proxy_domain else None
-    if own is not None:
-        name, prefix, upstream_path = own, "", path
-    elif path.startswith(PREFIX + "/"):
-        cut = path.find("/", len(PREFIX) + 1)
-        name = path[len(PREFIX) + 1 : cut]
-        if cut < 0 or not name or "%" in name:
-            return None  # the redirect to `<prefix>/`, or a name to decode
-        prefix, upstream_path = PREFIX + "/" + name, path[cut:]
-    else:
-        return None
-    return FrontRequest(
-        raw,
-        method,
-        path,
-        upstream_path,
-        query,
-        headers,
-        host,
-        "close" not in tokens,
-        name,
-        prefix,
-        make_request_id(headers.get("X-Request-Id")),
-    )
 
 
 class Door(Protocol):
@@ -451,10 +350,10 @@ class FrontConnection(asyncio.Protocol):
         if body is not None:
             copy_downstream_headers(headers, flight.daemon, request.prefix, out, length=False)
             flight.returned = len(body)
-            self._write(flight, _response_head(status, reason, out, request, len(body)) + body)
+            self._write(flight, response_head(status, reason, out, request, len(body)) + body)
         else:
             copy_downstream_headers(headers, flight.daemon, request.prefix, out, length=True)
-            self._write(flight, _stream_head(status, reason, out, request)[0])
+            self._write(flight, stream_head(status, reason, out, request)[0])
         self._finish(flight, status)
 
     def streaming(self, response: UpstreamResponse) -> None:
@@ -490,7 +389,7 @@ class FrontConnection(asyncio.Protocol):
         try:
             out: CIMultiDict[str] = CIMultiDict()
             copy_downstream_headers(upstream.headers, daemon, request.prefix, out, length=True)
-            head, chunked = _stream_head(status, upstream.reason, out, request)
+            head, chunked = stream_head(status, upstream.reason, out, request)
             self._write(flight, head)
             try:
                 async for chunk in upstream.body.chunks(CHUNK):
@@ -522,15 +421,15 @@ class FrontConnection(asyncio.Protocol):
 
     def _error(self, flight: _Flight, exc: HerderError) -> None:
         """The answer to a request the daemon did not answer: JSON, as the route's."""
-        self._write(flight, _json_answer(exc.status, exc.payload(), exc.headers, flight.request))
+        self._write(flight, json_answer(exc.status, exc.payload(), exc.headers, flight.request))
         self._finish(flight, exc.status)
 
     def _crash(self, flight: _Flight) -> None:
         request = flight.request
-        request_log.exception("unhandled error in %s %s", request.method, _log_path(request.path))
+        request_log.exception("unhandled error in %s %s", request.method, log_path(request.path))
         if not flight.answered:
             payload = {"error": "internal error", "request_id": request.request_id}
-            self._write(flight, _json_answer(500, payload, {}, request))
+            self._write(flight, json_answer(500, payload, {}, request))
         self._close()
         self._finish(flight, 500)
 
@@ -543,7 +442,7 @@ class FrontConnection(asyncio.Protocol):
         request = flight.request
         log_request(
             request.method,
-            _log_path(request.path),
+            log_path(request.path),
             status,
             time.monotonic() - flight.started,
             request.request_id,
@@ -657,72 +556,3 @@ class FrontConnection(asyncio.Protocol):
                 link.abandon()
             self._finish(flight, CLIENT_CLOSED, close=True)
         self._close()
-
-
-def _log_path(path: str) -> str:
-    """The path as the request log shows it (decoded, as aiohttp's `request.path`)."""
-    if "%" in path:
-        path = URL.build(path=path, encoded=True).path
-    return loggable(path)
-
-
-def _finish_head(
-    status: int, reason: str, headers: CIMultiDict[str], request: FrontRequest
-) -> bytes:
-    """The response head, with what aiohttp's response adds (`Date`,
-    `Server`, `Connection: close`) and the request id."""
-    if "Date" not in headers:
-        headers["Date"] = rfc822_formatted_time()
-    headers.setdefault("Server", SERVER_SOFTWARE)
-    if "Connection" not in headers and not request.keep_alive:
-        headers["Connection"] = "close"
-    headers["X-Request-Id"] = request.request_id
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    lines += [f"{key}: {value}" for key, value in headers.items()]
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
-
-
-def _response_head(
-    status: int, reason: str, headers: CIMultiDict[str], request: FrontRequest, length: int
-) -> bytes:
-    """The head of an answer whose body (`length` bytes) goes with it, as
-    `web.Response(body=...)` makes it."""
-    if must_be_empty_body(request.method, status):
-        if status not in (204, 304) and not 100 <= status < 200:
-            headers["Content-Length"] = str(length)
-    else:
-        headers["Content-Length"] = str(length)
-        if length:
-            headers.setdefault("Content-Type", "application/octet-stream")
-    return _finish_head(status, reason, headers, request)
-
-
-def _stream_head(
-    status: int, reason: str, headers: CIMultiDict[str], request: FrontRequest
-) -> tuple[bytes, bool]:
-    """The head of a streamed answer, as `web.StreamResponse` makes it, and
-    whether its body goes chunked."""
-    chunked = False
-    if must_be_empty_body(request.method, status):
-        if "Content-Length" in headers and should_remove_content_length(request.method, status):
-            del headers["Content-Length"]
-    else:
-        value = headers.get("Content-Length")
-        if value is None:
-            chunked = True
-            headers["Transfer-Encoding"] = "chunked"
-        if value != "0":
-            headers.setdefault("Content-Type", "application/octet-stream")
-    return _finish_head(status, reason, headers, request), chunked
-
-
-def _json_answer(
-    status: int, payload: object, extra: dict[str, str], request: FrontRequest
-) -> bytes:
-    """A JSON error answer, as the request middleware renders a `HerderError`."""
-    body = json.dumps(payload).encode()
-    headers: CIMultiDict[str] = CIMultiDict(extra)
-    headers["Content-Type"] = "application/json; charset=utf-8"
-    headers["Content-Length"] = str(len(body))
-    return _finish_head(status, http.HTTPStatus(status).phrase, headers, request) + body
