@@ -329,12 +329,14 @@ async def test_malformed_requests_get_aiohttps_400_and_no_traceback(
     client: TestClient[Any, Any], echo: SpawnedDaemon, caplog: pytest.LogCaptureFixture
 ) -> None:
     prefix = f"/daemon/v1/proxy/{echo.container_name}"
+    too_many = "X-A: b\r\n" * 130  # aiohttp takes at most 128 headers
     bad = [
         f"GET {prefix}/x HTTP/1.1\r\nHost: a\r\nNo colon here\r\n\r\n".encode(),
         f"GET {prefix}/x HTTP/1.1\r\nHost: a\r\nX-Bad: \x01\r\n\r\n".encode(),
         f"GET {prefix}/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".encode(),
         f"GET {prefix}/x HTTP/1.1\nHost: a\n\n".encode(),
         f"GET {prefix}/{'x' * 9000} HTTP/1.1\r\nHost: a\r\n\r\n".encode(),
+        f"GET {prefix}/x HTTP/1.1\r\nHost: a\r\n{too_many}\r\n".encode(),
         b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(32)) + b"\r\n\r\n",
     ]
     before = served(client)

@@ -22,6 +22,7 @@ from .origins import daemon_on_host
 
 # A longer head goes to aiohttp, which judges it (8190 is its line limit).
 HEAD_LIMIT = 8190
+MAX_HEADERS = 128  # aiohttp's server refuses more (its `max_headers`)
 # Headers aiohttp's parser refuses twice (`http_parser.SINGLETON_HEADERS`).
 _SINGLETONS = frozenset(
     {
@@ -73,6 +74,8 @@ def parse_request(raw: bytes, proxy_domain: str) -> FrontRequest | None:
     if _HEAD.fullmatch(text) is None:
         return None
     lines = text[:-4].split("\r\n")
+    if len(lines) > MAX_HEADERS + 1:
+        return None
     line = _REQUEST_LINE.fullmatch(lines[0])
     if line is None:
         return None
