@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import subprocess
 from typing import Any
@@ -199,3 +200,25 @@ async def test_every_replica_killed_at_once_comes_back_to_the_same_state(lab: La
     status, balance = await call("GET", f"{lab.replicas[0]}/token/v1/balance", tok)
     assert balance["granted"] - balance["credits"] == charged == sum(r["seconds"] for r in rows)
     assert lab.services() == []
+
+
+async def test_a_subjects_minions_through_three_replicas_overdraw_it_by_one_run(lab: Lab) -> None:
+    """Credit holds are rows of the shared ledger: six runs at once through
+    three replicas, for a subject with 1 credit, start one."""
+    tok = await token(lab, f"holds-{secrets.token_hex(3)}@example.org", credits=1)
+
+    async def run(i: int) -> tuple[int, Any]:
+        return await call(
+            "POST",
+            f"{lab.replicas[i % 3]}/minion/v1/spawn",
+            tok,
+            data={"env": "python", "main.sh": "sleep 2; echo ran"},
+        )
+
+    replies = await asyncio.gather(*(run(i) for i in range(6)))
+    assert sorted(s for s, _ in replies) == [200, 402, 402, 402, 402, 402], replies
+    assert all("wait for them to finish" in b["error"] for s, b in replies if s == 402)
+    ran = next(b for s, b in replies if s == 200)
+    status, balance = await call("GET", f"{lab.replicas[2]}/token/v1/balance", tok)
+    # Overdrawn by that one run (credit rate 1), not once per replica.
+    assert status == 200 and balance["credits"] == 1 - max(1, math.ceil(ran["Duration"]))
