@@ -1,7 +1,8 @@
 """The warm pool across an engine restart, on a private Docker Engine of its
-own (own socket, data root and containerd, no bridge, no iptables), so the
-shared engine is never restarted: the waiting containers the restart
-stopped are dropped and removed, and the pool fills again with new ones."""
+own (own socket, data root, containerd and network namespace, no bridge, no
+iptables), so the shared engine is never restarted: the waiting containers
+the restart stopped are dropped and removed, and the pool fills again with
+new ones."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class PrivateEngine:
     async def start(self) -> None:
         with (self.root / "dockerd.log").open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
+                # In a network namespace of its own: a dockerd with
+                # --bridge=none deletes the docker0 of the namespace it runs in
+                # (the shared engine's bridge, were it the host's).
+                "unshare", "--net",
                 "dockerd",
                 "--host", self.url,
                 "--data-root", str(self.root / "data"),

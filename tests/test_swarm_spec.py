@@ -149,3 +149,16 @@ def test_task_changes_read_as_container_events() -> None:
     assert _transitions(("t1", "running"), ("t2", "running")) == ["die", "start"]
     assert _transitions(("t2", "created"), ("t2", "created")) == []
     assert _transitions(None, ("t1", "running")) == ["start"]
+
+
+def test_a_port_asked_for_on_loopback_is_not_published_on_the_node() -> None:
+    """A golem's DevTools is bound to 127.0.0.1 on one engine; a Swarm has
+    no bind address for published ports, so it is not published at all."""
+    spec = ServiceSpec(
+        name="golem-w-i", image="img:1", labels={}, ports=(9222,), bind_address="127.0.0.1"
+    )
+    assert _service_spec(spec, [])["EndpointSpec"]["Ports"] == []
+    spec = ServiceSpec(name="web-j", image="img:1", labels={}, ports=(80,), bind_address="0.0.0.0")
+    assert _service_spec(spec, [])["EndpointSpec"]["Ports"] == [
+        {"Protocol": "tcp", "TargetPort": 80, "PublishMode": "host"}
+    ]

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..errors import BadRequest, HerderError
 from ..openapi import WEBSTRATE, Docs, Op, Param
+from ..peers import HEADER_SIGNATURE
 from ..relay import MINION_TYPE_MAX, check_webstrate
 from . import keys
 from .attach import attach_query, serve_attach
@@ -41,6 +42,8 @@ async def peer_subject(request: web.Request) -> str:
     peers = request.app.get(keys.PEERS)
     if peers is None:
         raise PeerChannelOff()
+    if HEADER_SIGNATURE not in request.headers:  # refused before a byte of the body is read
+        return peers.auth.verify(request.method, request.path, request.query, {}, b"")
     body = await request.read() if request.can_read_body else b""
     return peers.auth.verify(request.method, request.path, request.query, request.headers, body)
 

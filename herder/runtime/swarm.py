@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
 import time
@@ -679,7 +680,11 @@ def _info_from(
 
 def _service_spec(spec: ServiceSpec, configs: _Configs) -> dict[str, Any]:
     """The Engine's ServiceSpec: one replicated task, dnsrr, host-mode ports
-    with engine-assigned host ports."""
+    with engine-assigned host ports. A Swarm cannot bind a published port to
+    one address, so ports asked for on a loopback address (a golem's
+    DevTools: full control of its browser) are not published at all rather
+    than opened on every address of the node."""
+    published = () if _loopback(spec.bind_address) else spec.ports
     return {
         "Name": spec.name,
         "Labels": spec.labels,
@@ -688,10 +693,17 @@ def _service_spec(spec: ServiceSpec, configs: _Configs) -> dict[str, Any]:
         "EndpointSpec": {
             "Mode": "dnsrr",
             "Ports": [
-                {"Protocol": "tcp", "TargetPort": p, "PublishMode": "host"} for p in spec.ports
+                {"Protocol": "tcp", "TargetPort": p, "PublishMode": "host"} for p in published
             ],
         },
     }
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def _task_template(spec: ServiceSpec, configs: _Configs) -> dict[str, Any]:
