@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiodocker
+import asyncpg
 import pytest
 
 from herder.leadership import Leadership
@@ -20,13 +21,17 @@ from herder.ledger import Ledger
 from herder.reconcile import Reconciler
 from herder.runtime import ContainerInfo, DockerRuntime
 
-from .conftest import INSTANCE_PREFIX, eventually, make_settings
+from .conftest import INSTANCE_PREFIX, POSTGRES_URL, eventually, make_settings
 from .images import ensure_busybox_image
 
 
 @pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    ledger = await Ledger.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+async def ledger() -> AsyncIterator[Ledger]:
+    """PostgreSQL, the cluster's database: a clean schema."""
+    conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg", "postgresql"))
+    await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    await conn.close()
+    ledger = await Ledger.open(POSTGRES_URL)
     yield ledger
     await ledger.close()
 
@@ -43,7 +48,7 @@ async def test_only_the_leader_reconciles_and_another_takes_over(
     tasks: dict[str, list[asyncio.Task[None]]] = {}
     replicas: dict[str, tuple[Leadership, Reconciler]] = {}
     for name in closed:
-        leadership = Leadership(ledger, f"meter:{instance}", name, ttl=3, every=0.5)
+        leadership = Leadership(ledger, f"meter:{instance}", name, every=0.5)
         reconciler = Reconciler(settings, ledger, runtime, instance, leadership=leadership)
         reconciler.on_closed.append(closed[name].append)
         replicas[name] = (leadership, reconciler)
@@ -111,8 +116,13 @@ async def test_only_the_leader_reconciles_and_another_takes_over(
             return await ledger.running_workloads(instance) == []
 
         # (removed before or after it took over: by its first reconcile, or by an event)
-        await eventually(none_running, 10, "the new leader closes the next run")
-        assert replicas[other][1].reconciled.is_set() and replicas[other][0].terms == 1
+        await eventually(none_running, 15, "the new leader closes the next run")
+
+        async def reconciled() -> bool:
+            return replicas[other][1].reconciled.is_set()
+
+        await eventually(reconciled, 10, "the new leader has reconciled")
+        assert replicas[other][0].terms == 1
     finally:
         for running in tasks.values():
             for task in running:
