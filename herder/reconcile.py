@@ -220,9 +220,13 @@ class Reconciler:
                 return  # it came back meanwhile
             if inspected is not None and inspected.finished_at:
                 end = inspected.finished_at
-        await self.ledger.close_workload(
+        closed = await self.ledger.close_workload(
             self.instance, row.container_id, at=end, rate=self.settings.credit_rate
         )
+        if closed is not None:  # (the same line as a stop event's)
+            log.info("%s %s stopped (reconciled)", row.kind, closed.container_name)
+            for hook in self.on_closed:
+                hook(closed.container_name)
 
     async def resume(self, container: ContainerInfo) -> bool:
         """Open a new run for a known daemon or golem that runs without one

@@ -90,6 +90,8 @@ def logged(lab: Lab, i: int, text: str) -> bool:
 async def test_one_replica_leads_and_a_killed_leader_is_replaced_within_10_s(lab: Lab) -> None:
     email = f"lead-{secrets.token_hex(3)}@example.org"
     tok = await token(lab, email)
+    # (a replica an earlier test killed may still be coming back)
+    await eventually(lambda: all_healthy(lab), 60, "every replica is up")
     first = await eventually(lambda: leader(lab), 10, "a replica holds the lease")
     assert first is not None
     names = {}
