@@ -31,8 +31,9 @@ def node_docker(lab: Lab, i: int, *args: str) -> str:
     return done.stdout
 
 
-def replica_container(lab: Lab, i: int) -> str:
-    """The running herder replica's container on node i ("" while there is none)."""
+def replica_containers(lab: Lab, i: int) -> list[str]:
+    """The running herder replica containers on node i, newest first (two
+    while the Swarm replaces one)."""
     out = node_docker(
         lab,
         i,
@@ -42,7 +43,13 @@ def replica_container(lab: Lab, i: int) -> str:
         "--filter",
         "label=com.docker.swarm.service.name=hlab-herder",
     )
-    return out.split()[0] if out.split() else ""
+    return out.split()
+
+
+def replica_container(lab: Lab, i: int) -> str:
+    """The newest running herder replica's container on node i ("" while there is none)."""
+    running = replica_containers(lab, i)
+    return running[0] if running else ""
 
 
 async def leader(lab: Lab) -> int | None:
@@ -59,10 +66,14 @@ async def leader(lab: Lab) -> int | None:
     if holder is None:
         return None
     host = str(holder).rsplit("-", 1)[0]
+    seen = []
     for i in range(len(lab.replicas)):
-        container = await asyncio.to_thread(replica_container, lab, i)
-        if container and container.startswith(host):
+        running = await asyncio.to_thread(replica_containers, lab, i)
+        if any(container.startswith(host) for container in running):
             return i
+        seen.append(running)
+    # (printed when the lookup never succeeds: the holder and what ran where)
+    print(f"lease holder {holder} is no running replica's: {seen}")
     return None
 
 
