@@ -67,6 +67,11 @@ MAX_BACKOFF = 30.0
 # replica between creating it and registering it (a spawn waits up to 60 s
 # for its task): it is left alone.
 SERVICE_GRACE = 90.0
+# On a Swarm the leader also reconciles every this many seconds: its event
+# stream is a poll whose first look is only a baseline, so a task the Swarm
+# replaced between a reconcile and that look (a drained node's daemon moving
+# while the lease changes hands) would otherwise keep its old run and address.
+SWARM_RECHECK = 10.0
 
 
 @dataclass
@@ -215,9 +220,13 @@ class Reconciler:
                 return  # it came back meanwhile
             if inspected is not None and inspected.finished_at:
                 end = inspected.finished_at
-        await self.ledger.close_workload(
+        closed = await self.ledger.close_workload(
             self.instance, row.container_id, at=end, rate=self.settings.credit_rate
         )
+        if closed is not None:  # (the same line as a stop event's)
+            log.info("%s %s stopped (reconciled)", row.kind, closed.container_name)
+            for hook in self.on_closed:
+                hook(closed.container_name)
 
     async def resume(self, container: ContainerInfo) -> bool:
         """Open a new run for a known daemon or golem that runs without one
@@ -305,21 +314,29 @@ class Reconciler:
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _follow(self) -> None:
-        """Reconcile, then follow the event stream; again after any engine error."""
+        """Reconcile, then follow the event stream; again after any engine
+        error, and on a Swarm every `SWARM_RECHECK` seconds."""
         backoff = 1.0
+        recheck = None if self.leadership is None else SWARM_RECHECK
         while True:
             try:
                 mark = time.time()
                 await self.reconcile()
                 # Docker ANDs label filters, so kinds are told apart in `handle`.
                 stream = self.runtime.events(self._labels, since=mark - 1)
-                async with aclosing(stream):
-                    async for event in stream:
-                        backoff = 1.0
-                        try:
-                            await self.handle(event)
-                        except Exception:
-                            log.exception("could not apply the %s event", event.action)
+                window = asyncio.timeout(recheck)
+                try:
+                    async with window, aclosing(stream):
+                        async for event in stream:
+                            backoff = 1.0
+                            try:
+                                await self.handle(event)
+                            except Exception:
+                                log.exception("could not apply the %s event", event.action)
+                except TimeoutError:
+                    if not window.expired():
+                        raise
+                    continue  # a Swarm's recheck: reconcile again at once
                 log.warning("Docker event stream ended; reconciling")
             except asyncio.CancelledError:
                 raise

@@ -6,6 +6,7 @@ the other takes the lease over and closes the next one."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import tempfile
 import time
@@ -16,10 +17,12 @@ import aiodocker
 import asyncpg
 import pytest
 
+from herder import reconcile
 from herder.leadership import Leadership
 from herder.ledger import Ledger
 from herder.reconcile import Reconciler
 from herder.runtime import ContainerInfo, DockerRuntime
+from herder.runtime.base import RuntimeEvent
 
 from .conftest import INSTANCE_PREFIX, POSTGRES_URL, eventually, make_settings
 from .images import ensure_busybox_image
@@ -154,6 +157,13 @@ class OneServiceRuntime:
     async def inspect(self, ref: str) -> ContainerInfo | None:
         return self.info if ref == self.info.id else None
 
+    async def events(
+        self, labels: dict[str, str], *, since: float | None = None
+    ) -> AsyncIterator[RuntimeEvent]:
+        """A poll that saw no change (its first look is only a baseline)."""
+        await asyncio.Event().wait()
+        yield RuntimeEvent(action="start", id=self.info.id, labels={})  # never reached
+
 
 async def test_a_task_replaced_while_nobody_watched_gets_a_new_run(ledger: Ledger) -> None:
     """Every replica was down while the Swarm moved a daemon: the run ends,
@@ -188,3 +198,53 @@ async def test_a_task_replaced_while_nobody_watched_gets_a_new_run(ledger: Ledge
     # Reconciled again: the same task, the same run.
     report = await reconciler.reconcile()
     assert report.kept == ["web-j"] and not report.closed
+
+
+async def test_the_leader_rechecks_a_move_its_event_poll_did_not_see(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Swarm moved a daemon between the leader's reconcile and its event
+    poll's first look (no event will come): the leader's recheck still opens
+    the new run with the new address, so the proxy dials the new task."""
+    monkeypatch.setattr(reconcile, "SWARM_RECHECK", 0.3)
+    now = int(time.time())
+    await ledger.grant_once("recheck@x", "g", 1000)
+    await ledger.register_workload(
+        instance="i",
+        kind="daemon",
+        subject="recheck@x",
+        jti="j",
+        name="web",
+        container_name="web-j",
+        container_id="svc1",
+        image="img",
+        address="10.0.1.7",
+        ports={"80": 30001},
+        started_at=now - 30,
+    )
+    runtime = OneServiceRuntime("svc1", "web-j", now - 30)
+    leadership = Leadership(ledger, "meter:i", "one", every=0.5)
+    settings = make_settings(Path(tempfile.mkdtemp()))
+    reconciler = Reconciler(settings, ledger, runtime, "i", leadership=leadership)  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(leadership.run()), asyncio.create_task(reconciler.run())]
+    try:
+        await eventually(lambda: _set(reconciler.reconciled), 10, "the leader reconciled")
+        runtime.info = dataclasses.replace(
+            runtime.info, address="10.0.2.9", ports={"80": 30002}, started_at=time.time()
+        )
+
+        async def moved() -> bool:
+            rows = await ledger.running_workloads("i")
+            return len(rows) == 1 and rows[0].address == "10.0.2.9"
+
+        await eventually(moved, 10, "the leader's recheck sees the new task")
+        (row,) = await ledger.running_workloads("i")
+        assert row.ports == '{"80":30002}'
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _set(event: asyncio.Event) -> bool:
+    return event.is_set()
