@@ -229,7 +229,10 @@ class Herders:
             "HERDER_DATABASE_URL": settings.database_url,
             "HERDER_REDIS_URL": REDIS_URL,
             "HERDER_CHANNEL_PREFIX": self.prefix,
-            "HERDER_CHANNEL_LEASE": "3",  # a quick takeover after the kill
+            # A takeover 2 x 10 s after the kill. With 3 s, a loaded machine once
+            # re-delivered a takeover to itself three times and left a request
+            # unanswered (README, Known limitations: a known bug, not yet fixed).
+            "HERDER_CHANNEL_LEASE": "10",
             "HERDER_HOST": "127.0.0.1",
             "HERDER_PORT": str(self.ports[n]),
             "HERDER_DAEMON_BIND_ADDRESS": "127.0.0.1",
