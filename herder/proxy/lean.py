@@ -23,6 +23,7 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any, Protocol, TypeVar
 
 from multidict import CIMultiDict
 
@@ -34,6 +35,9 @@ MAX_IDLE = 256
 NO_BODY_STATUSES = frozenset({204, 304})
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 MAX_LENGTH_DIGITS = 18  # a Content-Length beyond any body; int() refuses 4300 digits
+
+
+R = TypeVar("R", bound="_Reusable")
 
 
 class UpstreamUnreachable(OSError):
@@ -206,17 +210,7 @@ class UpstreamPool:
     def _sweep(self, now: float) -> None:
         """Close idle connections past their keep-alive (of daemons not asked since)."""
         self._swept = now
-        for key in list(self._idle):
-            keep = []
-            for conn in self._idle[key]:
-                if conn.usable(now):
-                    keep.append(conn)
-                else:
-                    conn.close()
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
+        sweep_idle(self._idle, now)
 
     async def close(self) -> None:
         self._closed = True
@@ -229,6 +223,27 @@ class UpstreamPool:
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_BUT_CRLF = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.1 field names
+
+
+class _Reusable(Protocol):
+    def usable(self, now: float) -> bool: ...
+    def close(self) -> None: ...
+
+
+def sweep_idle(idle: dict[Any, list[R]], now: float) -> None:
+    """Close the idle upstream connections of `idle` (by key) that are past
+    their keep-alive, and forget keys left with none (both pools use it)."""
+    for key in list(idle):
+        keep = []
+        for conn in idle[key]:
+            if conn.usable(now):
+                keep.append(conn)
+            else:
+                conn.close()
+        if keep:
+            idle[key] = keep
+        else:
+            del idle[key]
 
 
 def parse_head(raw: bytes) -> tuple[str, int, str, CIMultiDict[str]]:

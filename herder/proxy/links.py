@@ -33,6 +33,7 @@ from .lean import (
     UpstreamUnreachable,
     framing_of,
     parse_head,
+    sweep_idle,
 )
 
 SMALL = 1 << 16  # answers up to this size are read whole (the proxy's `CHUNK`)
@@ -265,17 +266,7 @@ class LinkPool:
     def _sweep(self, now: float) -> None:
         """Close idle links past their keep-alive (of daemons not asked since)."""
         self._swept = now
-        for key in list(self._idle):
-            keep = []
-            for link in self._idle[key]:
-                if link.usable(now):
-                    keep.append(link)
-                else:
-                    link.close()
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
+        sweep_idle(self._idle, now)
 
     # -- read deadlines -----------------------------------------------------------------
 
